@@ -1,0 +1,93 @@
+"""Weights resolution shared by every model the pipeline loads (DESIGN.md, Models and weights).
+
+Order: a local checkpoint given in params, then the hub id (cached by huggingface_hub or
+timm). When neither resolves, :class:`WeightsUnavailableError` names the parameter to set;
+only the ``demo`` and ``smoke`` profiles fall back to tiny random models, and then every
+output is labelled :data:`RANDOM_WEIGHTS`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+log = logging.getLogger("viewforge")
+
+RANDOM_WEIGHTS = "random (not meaningful)"
+RANDOM_OK_PROFILES = ("demo", "smoke")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Neither the local checkpoint nor the hub id could be loaded."""
+
+
+@dataclass
+class Resolved:
+    """A loaded model and where its weights came from.
+
+    ``origin`` is ``"local:<path>"``, ``"hub:<id>"`` or :data:`RANDOM_WEIGHTS`.
+    ``extra`` holds companions such as an image processor.
+    """
+    model: Any
+    origin: str
+    extra: Any = None
+
+    @property
+    def is_random(self) -> bool:
+        return self.origin == RANDOM_WEIGHTS
+
+
+def resolve_weights(*, local: str | None, hub_id: str | None, param_local: str, param_hub: str,
+                    load_local: Callable[[str], Any], load_hub: Callable[[str], Any],
+                    make_random: Callable[[], Any] | None, profile: str) -> Resolved:
+    """Load weights in the documented order.
+
+    ``load_*`` return ``(model, extra)``; ``make_random`` builds a tiny random model of
+    the same class (used only when ``profile`` is ``demo`` or ``smoke``).
+
+    Raises:
+        WeightsUnavailableError: nothing could be loaded and random weights are not
+            allowed; the message names ``param_local`` and ``param_hub``.
+    """
+    errors = []
+    if local:
+        if os.path.exists(local):
+            try:
+                m, extra = load_local(local)
+                return Resolved(m, f"local:{local}", extra)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(f"local {local!r}: {type(e).__name__}: {e}")
+        else:
+            errors.append(f"local {local!r}: path does not exist")
+    if hub_id:
+        try:
+            m, extra = load_hub(hub_id)
+            return Resolved(m, f"hub:{hub_id}", extra)
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"hub {hub_id!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    msg = (f"could not load weights ({'; '.join(errors) or 'nothing configured'}). "
+           f"Set `{param_local}` in params.yaml to a local checkpoint, or `{param_hub}` to a hub id "
+           f"that is cached or reachable.")
+    if profile in RANDOM_OK_PROFILES and make_random is not None:
+        log.warning("!!! %s -- profile %r: falling back to TINY RANDOM weights; outputs are %s !!!",
+                    msg, profile, RANDOM_WEIGHTS)
+        m, extra = make_random()
+        return Resolved(m, RANDOM_WEIGHTS, extra)
+    raise WeightsUnavailableError(msg)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when available, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA devices that support it, fp16 on older CUDA, None (fp32) on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
