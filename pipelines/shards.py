@@ -1,0 +1,452 @@
+"""WebDataset shards of IVID training pairs: split, encode, write, verify.
+
+Sample schema: ``../shared/DESIGN.md`` ("Shard sample schema (IVID pair)"). Tars are
+written with ``webdataset.TarWriter`` (https://github.com/webdataset/webdataset,
+``webdataset/writer.py``) with fixed headers, so equal inputs give byte-identical files.
+
+Layout of ``out_dir`` after :func:`write_shards`::
+
+    {split}-{index:06d}.tar    one shard sequence per split, e.g. train-000000.tar
+    manifest.json              written last (see below)
+
+**Complete shard set.** ``manifest.json`` is deleted at the start of a write and written
+last, atomically, after every listed shard has been renamed into place and shards of
+earlier runs that it does not list have been removed. So: no manifest means the set is
+incomplete (a run is in progress or was killed: rerun it); a manifest means every shard
+it lists was completely written; ``verify(manifest).ok`` additionally proves the bytes
+are unchanged (sha256, size, sample count). Shards are written to ``.<name>.*.tmp`` and
+renamed when complete (:func:`pipelines.storage.atomic_path`), so a killed run never
+leaves a partial file under a final name. One writer per directory at a time.
+
+``manifest.json`` (key-sorted JSON; no timestamps, so equal inputs give equal bytes)::
+
+    {"schema_version": 1, "sample_schema": "ivid_pair/1", "dataset_version": "ab12...",
+     "params": {"fractions": {"test": 0.05, "train": 0.9, "val": 0.05},
+                "maxcount": 1000, "maxsize": 1e9},
+     "shards": [{"name": "train-000000.tar", "split": "train", "count": 1000,
+                 "bytes": 73410560, "sha256": "9f86..."}, ...],
+     "splits": {"train": {"shards": 3, "count": 2712, "bytes": 199116800}, ...},
+     "digest": "sha256 over the lines f"{name} {sha256}\\n" of all shards",
+     "extra": {...caller's dict...}}
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from pipelines.storage import atomic_path, remove_stale_temporaries, write_json_atomic
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_SCHEMA_VERSION = 1
+SAMPLE_SCHEMA = "ivid_pair/1"
+DEPTH_ENCODING_NAME = "ivid_zbuffer_uint16"
+PNG_COMPRESS_LEVEL = 6
+#: Fixed tar header fields (TarWriter sets mtime/mode/uname/gname; uid = gid = 0 is
+#: ``tarfile.TarInfo``'s default; format is USTAR, member names <= 100 bytes).
+TAR_HEADER = {"mtime": 0, "mode": 0o444, "user": "viewforge", "group": "viewforge"}
+IMAGE_MEMBERS = ("target.png", "cond.png")
+DEPTH_MEMBERS = ("target_depth.png", "cond_depth.png")
+MASK_MEMBERS = ("mask.png", "mask_rgb.png")
+_SHARD_RE = re.compile(r"^([A-Za-z0-9_]+)-(\d{6})\.tar$")
+_SPLIT_RE = re.compile(r"^[A-Za-z0-9_]+$")
+_BLOCK = tarfile.BLOCKSIZE
+
+
+def depth_encoding(near: float, far: float) -> dict[str, Any]:
+    """The ``camera["depth_encoding"]`` entry for IVID uint16 z-buffer depth PNGs.
+
+    A stored value ``v`` (uint16) decodes to z-depth with
+    ``pipelines.depth_convention.decode_zbuffer(v, near, far)``; ``v/65535`` is IVID's
+    z-buffer value in [0, 1] (0 at ``near``, 1 at ``far`` and beyond / invalid).
+    """
+    return {"name": DEPTH_ENCODING_NAME, "near": float(near), "far": float(far)}
+
+
+def split_of(sample_key: str, fractions: dict[str, float]) -> str:
+    """Deterministic split of a sample from a sha256 of its sample key.
+
+    ``u = int(sha256("viewforge-split:" + sample_key)[:8 bytes]) / 2**64`` in [0, 1) is
+    compared with the cumulative fractions of the splits in sorted name order. The result
+    depends on the sample key and ``fractions`` only, so a sample keeps its split when the
+    dataset grows, and all views of one image (same sample key) share a split.
+
+    Args:
+        sample_key: the sample's content key (not the per-view pair key).
+        fractions: split name -> fraction >= 0, summing to 1 (tolerance 1e-6); names
+            match ``[A-Za-z0-9_]+``.
+
+    Raises:
+        ValueError: invalid fractions or split names.
+    """
+    names = sorted(fractions)
+    if not names or any(not _SPLIT_RE.match(n) for n in names):
+        raise ValueError(f"split names must be non-empty [A-Za-z0-9_]+, got {names}")
+    if any(fractions[n] < 0 for n in names) or abs(sum(fractions.values()) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+    digest = hashlib.sha256(b"viewforge-split:" + sample_key.encode("utf-8")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
+    acc = 0.0
+    for name in names:
+        acc += fractions[name]
+        if u < acc:
+            return name
+    return max((n for n in names if fractions[n] > 0), key=names.index)
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    # Pillow writes no time chunk unless asked; fixed level -> deterministic bytes for
+    # a given zlib build.
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG",
+                                                    compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+def _json(obj: Any) -> str:
+    def default(o: Any) -> Any:
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, np.generic):
+            return o.item()
+        raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=default)
+
+
+def encode_sample(pair: dict) -> dict[str, bytes | str]:
+    """Encode one IVID pair as a webdataset sample dict (members -> bytes).
+
+    Args:
+        pair: ``key`` str (``f"{sample_key}_{view:02d}"``; no ``.`` or ``/``, because
+            webdataset splits member names at the first dot), ``sample_key`` str,
+            ``target``/``cond`` uint8 [H,W,3] RGB, ``target_depth``/``cond_depth`` uint16
+            [H,W] IVID z-buffer (:mod:`pipelines.depth_convention`), ``mask``/``mask_rgb``
+            bool [H,W], ``camera`` JSON-able dict with ``depth_encoding``
+            (:func:`depth_encoding`), ``pose`` int, ``label`` int or None, ``meta``
+            JSON-able dict. numpy arrays/scalars inside the dicts become lists/numbers.
+
+    Returns:
+        ``{"__key__": key, "target.png", "target_depth.png" (16-bit grayscale),
+        "cond.png", "cond_depth.png", "mask.png", "mask_rgb.png" (8-bit 0/255),
+        "camera.json", "meta.json" (sorted keys, compact), "pose.cls", "label.cls"
+        (omitted when label is None)}``; images are deterministic PNGs.
+
+    Raises:
+        ValueError: wrong dtype/shape, mismatched H/W, invalid key, missing depth encoding.
+    """
+    key = pair["key"]
+    if not key or "." in key or "/" in key or len(key) + 1 + len("target_depth.png") > 100:
+        raise ValueError(f"invalid sample key {key!r}: no '.' or '/', at most 83 chars")
+    h, w = np.shape(pair["target_depth"])[:2]
+    checks = {**{k: (np.uint8, (h, w, 3)) for k in ("target", "cond")},
+              **{k: (np.uint16, (h, w)) for k in ("target_depth", "cond_depth")},
+              **{k: (np.bool_, (h, w)) for k in ("mask", "mask_rgb")}}
+    for name, (dtype, shape) in checks.items():
+        arr = pair[name]
+        if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.shape != shape:
+            got = (getattr(arr, "dtype", type(arr)), getattr(arr, "shape", None))
+            raise ValueError(f"{key}: {name} must be {np.dtype(dtype)} {shape}, got {got}")
+    enc = pair["camera"].get("depth_encoding")
+    if not isinstance(enc, dict) or not {"near", "far"} <= enc.keys():
+        raise ValueError(f"{key}: camera['depth_encoding'] missing; use shards.depth_encoding()")
+    sample: dict[str, bytes | str] = {"__key__": key}
+    for name in ("target", "cond", "target_depth", "cond_depth"):
+        sample[f"{name}.png"] = _png(pair[name])
+    for name in ("mask", "mask_rgb"):
+        sample[f"{name}.png"] = _png(pair[name].astype(np.uint8) * np.uint8(255))
+    sample["camera.json"] = _json(pair["camera"])
+    sample["meta.json"] = _json({**pair["meta"], "sample_key": pair["sample_key"]})
+    sample["pose.cls"] = str(int(pair["pose"]))
+    if pair.get("label") is not None:
+        sample["label.cls"] = str(int(pair["label"]))
+    return sample
+
+
+def _tar_bytes(sample: dict[str, bytes | str]) -> int:
+    """Bytes the sample's members take in a USTAR tar (header + data padded to 512)."""
+    return sum(_BLOCK + -(-len(v.encode() if isinstance(v, str) else v) // _BLOCK) * _BLOCK
+               for k, v in sample.items() if not k.startswith("_"))
+
+
+class _HashingFile:
+    """Write-through file wrapper that counts bytes and computes their sha256."""
+
+    def __init__(self, f: Any):
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+class _ShardSequence:
+    """One split's shard sequence: open shard, roll-over, atomic rename on close."""
+
+    def __init__(self, out_dir: Path, split: str, maxcount: int, maxsize: float):
+        self.out_dir, self.split, self.maxcount, self.maxsize = out_dir, split, maxcount, maxsize
+        self.index: int = 0
+        self.done: list[dict[str, Any]] = []
+        self.stack: contextlib.ExitStack | None = None
+
+    def _open(self) -> None:
+        self.name = f"{self.split}-{self.index:06d}.tar"
+        self.stack = contextlib.ExitStack()
+        tmp = self.stack.enter_context(atomic_path(self.out_dir / self.name))
+        self.file = _HashingFile(self.stack.enter_context(open(tmp, "wb")))
+        self.tar = wds.TarWriter(self.file, **TAR_HEADER)  # default encoder: str -> utf-8
+        self.count, self.members_bytes = 0, 0
+
+    def write(self, sample: dict[str, bytes | str]) -> None:
+        size = _tar_bytes(sample)
+        if self.stack is not None and (self.count >= self.maxcount or
+                                       self.members_bytes + size > self.maxsize):
+            self.close()
+        if self.stack is None:
+            self._open()
+        self.tar.write(sample)
+        self.count += 1
+        self.members_bytes += size
+
+    def close(self) -> None:
+        """Finish the open shard (end blocks, fsync, rename) and record it."""
+        if self.stack is None:
+            return
+        self.tar.close()  # closes the tar stream only; our file stays open
+        self.stack.close()  # closes the file, then atomic_path renames tmp -> name
+        self.done.append({"name": self.name, "split": self.split, "count": self.count,
+                          "bytes": self.file.size, "sha256": self.file.sha.hexdigest()})
+        self.stack, self.index = None, self.index + 1
+
+    def abort(self) -> None:
+        """Drop the open shard's temporary file (on error)."""
+        if self.stack is not None:
+            with contextlib.suppress(Exception):
+                self.tar.close()  # into the temporary, which is deleted next
+            self.stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            self.stack = None
+
+
+def write_shards(pairs: Iterable[dict], out_dir: str | Path, *, fractions: dict[str, float],
+                 maxcount: int = 1000, maxsize: float = 1e9, dataset_version: str,
+                 extra: dict | None = None) -> dict:
+    """Stream IVID pairs into per-split WebDataset shards and write the manifest.
+
+    Each pair (see :func:`encode_sample`) goes to ``split_of(pair["sample_key"])``; each
+    split is its own sequence ``{split}-{index:06d}.tar``. A shard is closed before the
+    sample that would make it exceed ``maxcount`` samples or ``maxsize`` bytes of members
+    (headers + padded data; the file adds <= 10 KiB of tar end padding); a single sample
+    larger than ``maxsize`` gets a shard of its own. Memory holds one encoded sample per
+    split. Order of work: delete the old ``manifest.json`` and stale ``.*.tmp`` files,
+    write shards (each to a temporary, renamed when complete), delete ``*.tar`` shards
+    not in the new manifest, write ``manifest.json`` atomically. A rerun after a crash
+    therefore gives the same bytes as an uninterrupted run.
+
+    Args:
+        pairs: IVID pairs sorted by ``key`` (strictly increasing: sorted, no duplicates).
+        out_dir: shard directory (created).
+        fractions: split name -> fraction (:func:`split_of`); every split gets an entry
+            in the manifest, possibly with 0 shards.
+        maxcount: max samples per shard (>= 1).
+        maxsize: max member bytes per shard.
+        dataset_version: id stored in the manifest (e.g. a hash of sample keys and stage
+            versions, computed by the caller).
+        extra: JSON-able dict stored under ``"extra"``.
+
+    Returns:
+        The manifest dict (format and example in the module docstring).
+
+    Raises:
+        ValueError: pairs out of order or duplicated; invalid pair (:func:`encode_sample`);
+            invalid fractions. Temporary files are removed; no manifest is written.
+    """
+    if maxcount < 1 or maxsize <= 0:
+        raise ValueError(f"maxcount must be >= 1 and maxsize > 0, got {maxcount}, {maxsize}")
+    split_of("", fractions)  # validates fractions
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    remove_stale_temporaries(out)
+    seqs = {s: _ShardSequence(out, s, maxcount, maxsize) for s in sorted(fractions)}
+    prev = None
+    try:
+        for pair in pairs:
+            key = pair["key"]
+            if prev is not None and not key > prev:
+                raise ValueError(f"pairs must arrive sorted by key without duplicates: "
+                                 f"{key!r} after {prev!r}")
+            prev = key
+            seqs[split_of(pair["sample_key"], fractions)].write(encode_sample(pair))
+        for seq in seqs.values():
+            seq.close()
+    except BaseException:
+        for seq in seqs.values():
+            seq.abort()
+        raise
+    shards = [s for seq in seqs.values() for s in seq.done]
+    names = {s["name"] for s in shards}
+    for p in out.glob("*.tar"):
+        if _SHARD_RE.match(p.name) and p.name not in names:
+            p.unlink()
+    manifest = {
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "sample_schema": SAMPLE_SCHEMA,
+        "dataset_version": dataset_version,
+        "params": {"fractions": dict(sorted(fractions.items())), "maxcount": int(maxcount),
+                   "maxsize": float(maxsize)},
+        "shards": shards,
+        "splits": {s: {"shards": len(seq.done), "count": sum(d["count"] for d in seq.done),
+                       "bytes": sum(d["bytes"] for d in seq.done)} for s, seq in seqs.items()},
+        "digest": hashlib.sha256("".join(f"{s['name']} {s['sha256']}\n"
+                                         for s in shards).encode()).hexdigest(),
+        "extra": dict(extra or {}),
+    }
+    write_json_atomic(out / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def read_manifest(manifest: str | Path | dict, root: str | Path | None = None
+                  ) -> tuple[dict, Path]:
+    """Load a manifest and the directory its shard names are relative to.
+
+    Args:
+        manifest: path to ``manifest.json``, a shard directory containing it, or a dict.
+        root: shard directory; default: the manifest's directory (required for a dict).
+
+    Raises:
+        FileNotFoundError: the manifest file does not exist (incomplete or absent set).
+        ValueError: a dict without ``root``, or an unknown manifest schema version.
+    """
+    if isinstance(manifest, dict):
+        if root is None:
+            raise ValueError("root is required when the manifest is given as a dict")
+        data = manifest
+    else:
+        path = Path(manifest)
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no shard manifest (absent, or a write is "
+                                    "incomplete: rerun the shard writer)")
+        data = json.loads(path.read_text())
+        root = path.parent if root is None else root
+    if data.get("schema_version") != MANIFEST_SCHEMA_VERSION:
+        raise ValueError(f"unknown manifest schema_version {data.get('schema_version')!r}")
+    return data, Path(root)
+
+
+@dataclass
+class VerifyReport:
+    """Result of :func:`verify`: ``ok`` is True iff ``problems`` is empty."""
+
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    shards: int = 0
+    samples: int = 0
+
+
+class _HashingReader:
+    def __init__(self, f: Any):
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.sha.update(data)
+        self.size += len(data)
+        return data
+
+
+def _scan_shard(path: Path) -> tuple[str, int, int, str | None]:
+    """One pass over a shard: (sha256, bytes, sample count, tar error or None)."""
+    with open(path, "rb") as f:
+        reader = _HashingReader(f)
+        keys: list[str] = []
+        error = None
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                for member in tar:
+                    key, _ = wds.tariterators.base_plus_ext(member.name)
+                    if key is not None and (not keys or keys[-1] != key):
+                        keys.append(key)
+        except (tarfile.TarError, OSError, EOFError) as exn:
+            error = f"{type(exn).__name__}: {exn}"
+        while reader.read(1 << 20):
+            pass
+    if error is None and len(set(keys)) != len(keys):
+        error = "a sample key occurs in non-contiguous members"
+    return reader.sha.hexdigest(), reader.size, len(keys), error
+
+
+def verify(manifest: str | Path | dict, root: str | Path | None = None) -> VerifyReport:
+    """Re-hash every shard of a manifest and check sizes, sample counts and completeness.
+
+    Checks per shard: file present, byte size, sha256, sample count (distinct keys of
+    the tar members, read as webdataset groups them), readable tar. Also: split totals
+    match the shard list, no duplicate names, and no stray ``{split}-NNNNNN.tar`` in
+    ``root`` that the manifest does not list. Problems are reported, never raised.
+
+    Args:
+        manifest: as in :func:`read_manifest`.
+        root: shard directory (default: the manifest's directory).
+
+    Returns:
+        :class:`VerifyReport` with ``ok``, ``problems`` (human-readable strings),
+        ``shards`` checked and ``samples`` counted.
+
+    Raises:
+        FileNotFoundError: the manifest file itself is missing.
+    """
+    try:
+        data, root = read_manifest(manifest, root)
+    except ValueError as exn:
+        return VerifyReport(False, [str(exn)])
+    problems: list[str] = []
+    shards = data.get("shards", [])
+    names = [s["name"] for s in shards]
+    if len(set(names)) != len(names):
+        problems.append("duplicate shard names in manifest")
+    totals: dict[str, dict[str, int]] = {}
+    samples = 0
+    for s in shards:
+        path = root / s["name"]
+        t = totals.setdefault(s["split"], {"shards": 0, "count": 0, "bytes": 0})
+        t["shards"] += 1
+        t["count"] += s["count"]
+        t["bytes"] += s["bytes"]
+        if not path.is_file():
+            problems.append(f"{s['name']}: missing")
+            continue
+        sha, size, count, error = _scan_shard(path)
+        samples += count
+        if size != s["bytes"]:
+            problems.append(f"{s['name']}: {size} bytes, manifest says {s['bytes']}")
+        if sha != s["sha256"]:
+            problems.append(f"{s['name']}: sha256 {sha} != manifest {s['sha256']}")
+        if count != s["count"]:
+            problems.append(f"{s['name']}: {count} samples, manifest says {s['count']}")
+        if error:
+            problems.append(f"{s['name']}: unreadable tar ({error})")
+    for split, t in data.get("splits", {}).items():
+        if totals.get(split, {"shards": 0, "count": 0, "bytes": 0}) != t:
+            problems.append(f"split {split}: totals {t} do not match its shards")
+    for split in totals.keys() - data.get("splits", {}).keys():
+        problems.append(f"split {split}: shards listed but no split totals")
+    if root.is_dir():
+        listed = set(names)
+        for p in sorted(root.glob("*.tar")):
+            if _SHARD_RE.match(p.name) and p.name not in listed:
+                problems.append(f"{p.name}: shard file not in manifest (stale or foreign)")
+    return VerifyReport(not problems, problems, len(shards), samples)
