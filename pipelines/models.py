@@ -91,3 +91,39 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the Hugging Face endpoint accepts a TCP connection within ``timeout`` s.
+
+    False when ``HF_HUB_OFFLINE`` is set. Used to skip hub downloads (which retry for
+    tens of seconds) on machines without network; cached hub files are still used.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_from_hub(load: Callable[..., Any], hub_id: str) -> Any:
+    """Call ``load(hub_id, local_files_only=True)`` (the local cache), and only when that
+    fails and the hub is reachable, ``load(hub_id)`` (download).
+
+    Raises:
+        OSError: not cached and the hub is unreachable (or the download failed).
+    """
+    try:
+        return load(hub_id, local_files_only=True)
+    except Exception as cached_error:  # noqa: BLE001
+        if not hub_reachable():
+            raise OSError(f"{hub_id!r} is not in the local cache and the hub is unreachable") from cached_error
+        return load(hub_id)

@@ -1,0 +1,32 @@
+"""Asset checks: one or more per stage (logic in :mod:`pipelines.stages.checks`)."""
+from __future__ import annotations
+
+import dagster as dg
+
+from assets_defs.assets import (depth_maps, dinov2_features, pose_clusters, source_images, training_shards,
+                                warp_pairs)
+from assets_defs.resources import ViewforgeSettings
+from pipelines.stages import checks as C
+
+
+def _make(asset, fn, name: str, description: str):
+    @dg.asset_check(asset=asset, name=name, description=description, blocking=True)
+    def _check(settings: ViewforgeSettings) -> dg.AssetCheckResult:
+        passed, md = fn(settings.root())
+        return dg.AssetCheckResult(passed=bool(passed), metadata={k: v for k, v in md.items() if v is not None})
+
+    return _check
+
+
+ASSET_CHECKS = [
+    _make(source_images, C.check_source_images, "keys_unique_quarantine_explained",
+          "At least one image accepted, keys unique, every quarantined input has a reason."),
+    _make(depth_maps, C.check_depth_maps, "no_nan_depth", "No NaN/inf depth, z in [near, 1/min_disparity], "
+                                                          "every image has a depth map."),
+    _make(warp_pairs, C.check_warp_pairs, "masks_non_empty", "Every condition mask is non-empty; "
+                                                             "views_per_image pairs per image."),
+    _make(dinov2_features, C.check_dinov2_features, "every_image_featurised", "Every accepted image has features."),
+    _make(pose_clusters, C.check_pose_clusters, "every_image_labelled", "Every image has a pose in range."),
+    _make(training_shards, C.check_training_shards, "shards_verify_and_complete",
+          "Manifest verifies (sha256, sizes, counts); every sample has every member."),
+]

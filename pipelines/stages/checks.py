@@ -1,0 +1,94 @@
+"""Data-quality checks of each stage's materialized output (used by Dagster asset checks).
+
+Each returns ``(passed, metadata)`` and reads only the data root.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipelines.storage import read_index
+
+Check = tuple[bool, dict[str, Any]]
+
+
+def check_source_images(root: Path) -> Check:
+    """At least one image accepted, keys unique, every quarantine row has a reason."""
+    table, _ = read_index(root, "source_images")
+    keys = table.column("key").to_pylist()
+    q = pq.read_table(Path(root) / "source_images" / "quarantine.parquet")
+    no_reason = sum(1 for r in q.column("reason").to_pylist() if not r)
+    return (len(keys) > 0 and len(set(keys)) == len(keys) and no_reason == 0,
+            {"accepted": len(keys), "quarantined": q.num_rows, "quarantine_without_reason": no_reason})
+
+
+def check_depth_maps(root: Path) -> Check:
+    """No NaN/inf disparity; z-depth within [near, 1/min_disparity]; every image has depth."""
+    table, info = read_index(root, "depth_maps")
+    src, _ = read_index(root, "source_images")
+    p = info["params"]
+    nonfinite = int(np.sum(table.column("nonfinite").to_numpy())) if table.num_rows else 0
+    lo = float(np.min(table.column("depth_min").to_numpy())) if table.num_rows else p["near"]
+    hi = float(np.max(table.column("depth_max").to_numpy())) if table.num_rows else p["near"]
+    in_range = lo >= p["near"] * (1 - 1e-5) and hi <= (1 / p["min_disparity"]) * (1 + 1e-5)
+    missing = src.num_rows - table.num_rows
+    return nonfinite == 0 and in_range and missing == 0, {"nonfinite_pixels": nonfinite, "depth_min": lo,
+                                                          "depth_max": hi, "images_without_depth": missing}
+
+
+def check_warp_pairs(root: Path) -> Check:
+    """Every condition mask is non-empty and every sample has ``views_per_image`` views."""
+    table, info = read_index(root, "warp_pairs")
+    frac = table.column("mask_fraction").to_numpy() if table.num_rows else np.zeros(0)
+    views = int(info["params"]["views_per_image"])
+    counts = np.unique(np.asarray(table.column("sample_key").to_pylist()), return_counts=True)[1] \
+        if table.num_rows else np.zeros(0)
+    empty = int(np.sum(frac <= 0))
+    wrong = int(np.sum(counts != views))
+    return table.num_rows > 0 and empty == 0 and wrong == 0, {
+        "pairs": table.num_rows, "empty_masks": empty, "samples_with_wrong_view_count": wrong,
+        "mask_fraction_min": float(frac.min()) if frac.size else None}
+
+
+def check_dinov2_features(root: Path) -> Check:
+    """Every accepted image has features."""
+    table, _ = read_index(root, "dinov2_features")
+    src, _ = read_index(root, "source_images")
+    return table.num_rows == src.num_rows and table.num_rows > 0, {"with_features": table.num_rows,
+                                                                   "images": src.num_rows}
+
+
+def check_pose_clusters(root: Path) -> Check:
+    """Every featurised image has a pose label in [0, num_poses)."""
+    table, info = read_index(root, "pose_clusters")
+    feats, _ = read_index(root, "dinov2_features")
+    labels = table.column("pose").to_numpy() if table.num_rows else np.zeros(0, int)
+    k = int(info.get("num_poses_used", 0))
+    bad = int(np.sum((labels < 0) | (labels >= k)))
+    return table.num_rows == feats.num_rows and bad == 0, {"labelled": table.num_rows, "out_of_range": bad,
+                                                           "num_poses": k}
+
+
+def check_training_shards(root: Path) -> Check:
+    """Manifest verifies (sha256, sizes, counts) and every sample has every member."""
+    import webdataset as wds
+
+    from pipelines.shards import verify
+
+    manifest = Path(root) / "shards" / "manifest.json"
+    report = verify(manifest)
+    required = {"target.png", "target_depth.png", "cond.png", "cond_depth.png", "mask.png", "mask_rgb.png",
+                "camera.json", "pose.cls", "meta.json"}
+    import json
+    shards = json.loads(manifest.read_text())["shards"]
+    incomplete = 0
+    n = 0
+    for s in shards:
+        for sample in wds.WebDataset(str(Path(root) / "shards" / s["name"]), shardshuffle=False):
+            n += 1
+            incomplete += int(not required <= set(sample))
+    return report.ok and incomplete == 0, {"verified": report.ok, "problems": list(report.problems)[:20],
+                                           "samples": n, "incomplete_samples": incomplete}

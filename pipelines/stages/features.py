@@ -1,0 +1,92 @@
+"""Runner of the ``dinov2_features`` stage (see :mod:`pipelines.features`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipelines.stages.common import StageReport, Timer, make_store, result_params, run_incremental
+from pipelines.stages.ingest import images_float, open_images
+from pipelines.storage import StageStore, read_index, write_index
+from pipelines.versions import FEATURES as CODE_VERSION
+
+STAGE = "dinov2_features"
+FEATURE_SCHEMA = pa.schema([("key", pa.string()), ("grid_h", pa.int32()), ("grid_w", pa.int32()),
+                            ("dim", pa.int32()), ("patch_f16", pa.binary()), ("cls_f16", pa.binary()),
+                            ("flipped_patch_f16", pa.binary()), ("flipped_cls_f16", pa.binary())])
+
+
+def feature_rows(keys: Sequence[str], fb) -> pa.Table:
+    """Stage rows (:data:`FEATURE_SCHEMA`) from a :class:`pipelines.features.FeatureBatch`."""
+    n, h, w, c = fb.patch.shape
+    cols = {"key": list(keys), "grid_h": [h] * n, "grid_w": [w] * n, "dim": [c] * n,
+            "patch_f16": [a.tobytes() for a in fb.patch], "cls_f16": [a.tobytes() for a in fb.cls],
+            "flipped_patch_f16": [None if fb.flipped_patch is None else a.tobytes() for a in
+                                  (fb.flipped_patch if fb.flipped_patch is not None else [None] * n)],
+            "flipped_cls_f16": [None if fb.flipped_cls is None else a.tobytes() for a in
+                                (fb.flipped_cls if fb.flipped_cls is not None else [None] * n)]}
+    return pa.table(cols, schema=FEATURE_SCHEMA)
+
+
+def decode_features(table: pa.Table) -> dict[str, np.ndarray | None]:
+    """float16 arrays from stage rows: ``patch`` [N,h,w,C], ``cls`` [N,C], ``flipped_patch``,
+    ``flipped_cls`` (None when the stage ran with ``flipped: false``)."""
+    h, w, c = (table.column(n)[0].as_py() for n in ("grid_h", "grid_w", "dim"))
+
+    def arr(col, shape):
+        vals = table.column(col).to_pylist()
+        if any(v is None for v in vals):
+            return None
+        return np.stack([np.frombuffer(v, dtype=np.float16).reshape(shape) for v in vals])
+
+    return {"patch": arr("patch_f16", (h, w, c)), "cls": arr("cls_f16", (c,)),
+            "flipped_patch": arr("flipped_patch_f16", (h, w, c)), "flipped_cls": arr("flipped_cls_f16", (c,))}
+
+
+def run_features(root: Path, params: dict[str, Any], *, device: str | None = None) -> StageReport:
+    """DINOv2 features for every ingested image without a stored result for this version."""
+    from pipelines.features import extract_features, load_dinov2
+
+    keys, img_store, img_info = open_images(root)
+    p = params["features"]
+    with Timer() as t:
+        model = load_dinov2(p["model"], p.get("local_path"), profile=params.get("profile", "default"),
+                            image_size=int(p["image_size"]), device=device)
+        rp = result_params(params, "features", weights_origin=model.origin)
+        store = make_store(root, STAGE, CODE_VERSION, rp, {"source_images": img_info["version"]})
+        extract_s = [0.0]
+
+        def compute(chunk):
+            fb = extract_features(model.model, torch.from_numpy(images_float(img_store, chunk)),
+                                  batch_size=int(p.get("batch_size", 16)), flipped=bool(p.get("flipped", True)),
+                                  device=device)
+            extract_s[0] += fb.seconds
+            return feature_rows(chunk, fb), []
+
+        computed, reused, failures = run_incremental(store, keys, compute, int(params.get("chunk_size", 256)))
+        bad = {f["key"] for f in failures}
+        ok = [k for k in keys if k not in bad]
+        index = pa.table({"key": pa.array(ok, pa.string())})
+        info = {"stage": STAGE, "version": store.version, "code_version": CODE_VERSION, "params": rp,
+                "weights_origin": model.origin, "upstream": {"source_images": img_info["version"]}}
+        dv = write_index(root, STAGE, index, info)
+    return StageReport(STAGE, store.version, dv, computed, reused, len(failures), t.seconds, failures=failures,
+                       metadata={"weights": model.origin, "model": p["model"], "samples": len(ok),
+                                 "images_per_s": round(computed / extract_s[0], 2) if extract_s[0] else None})
+
+
+def open_features(root: Path) -> tuple[list[str], StageStore, dict[str, Any]]:
+    """Keys, store and info of the materialized ``dinov2_features`` stage."""
+    table, info = read_index(root, STAGE)
+    return table.column("key").to_pylist(), StageStore(root, STAGE, info["version"]), info
+
+
+def iter_feature_chunks(store: StageStore, keys: Sequence[str], chunk_size: int
+                        ) -> Iterator[tuple[list[str], dict[str, np.ndarray | None]]]:
+    """(keys, decoded features) chunk by chunk, in the order of ``keys``."""
+    for i in range(0, len(keys), max(1, chunk_size)):
+        chunk = list(keys[i:i + chunk_size])
+        yield chunk, decode_features(store.read(chunk))

@@ -1,0 +1,12 @@
+"""Code versions of the stages, in one place.
+
+Bump a stage's version when a change alters its results: its stored per-sample results
+stop matching (:func:`pipelines.config.stage_version`) and the stage, and everything
+downstream, recomputes. The Dagster assets use the same strings as ``code_version``.
+"""
+IMAGES = "images-1"
+DEPTH = "depth-1"
+WARP = "warp-1"
+FEATURES = "features-1"
+POSE = "pose-1"
+SHARDS = "shards-1"
