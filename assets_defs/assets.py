@@ -5,7 +5,6 @@ source_images -> depth_maps -> warp_pairs ----------------+
       |                                                   +-> training_shards
       +--------> dinov2_features -> pose_clusters --------+
 """
-from __future__ import annotations
 
 import dagster as dg
 

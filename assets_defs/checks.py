@@ -1,5 +1,4 @@
 """Asset checks: one or more per stage (logic in :mod:`pipelines.stages.checks`)."""
-from __future__ import annotations
 
 import dagster as dg
 

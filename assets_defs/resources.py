@@ -1,5 +1,4 @@
 """Dagster resources and per-asset Config classes whose defaults come from params.yaml."""
-from __future__ import annotations
 
 import os
 from pathlib import Path
