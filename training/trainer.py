@@ -99,9 +99,13 @@ class DataStream:
     """Resumable batch stream over shards; position = ``(segment, batches consumed)``.
 
     Each segment is ``training.data.make_dataset(shards, split, batch_size=...,
-    shuffle_buffer=..., seed=_seed(seed, rank, segment), resampled=...)`` read through a
-    ``DataLoader`` (``batch_size=None``). Resampled: a segment lasts ``segment_batches``
-    batches; otherwise it is one pass over this rank's shards (``split_by_node``).
+    shuffle_buffer=..., seed=_seed(seed, "data", segment), resampled=...)`` read through a
+    ``DataLoader`` (``batch_size=None``). The seed is the same on every rank: ``make_dataset``
+    mixes rank and worker into its resampling/shuffle seeds itself, and its exact-once
+    mode needs one shard permutation for all ranks. Resampled: a segment lasts
+    ``segment_batches`` batches (ranks draw shards independently, with replacement);
+    otherwise it is one pass over this rank's disjoint shards (``split_by_node``), and a
+    rank that finishes its pass starts the next segment on its own (no DDP hang).
     """
 
     def __init__(self, shards: Any, *, split: str, batch_size: int, seed: int, rank: int,
@@ -115,7 +119,7 @@ class DataStream:
     def _open(self, skip: int) -> None:
         from .data import make_dataset
         ds = make_dataset(self.shards, self.split, batch_size=self.batch_size,
-                          shuffle_buffer=self.shuffle_buffer, seed=_seed(self.seed, self.rank, self.segment),
+                          shuffle_buffer=self.shuffle_buffer, seed=_seed(self.seed, "data", self.segment),
                           resampled=self.resampled)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers)
         self._it = iter(loader)
