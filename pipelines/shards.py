@@ -178,16 +178,22 @@ def _tar_bytes(sample: dict[str, bytes | str]) -> int:
                for k, v in sample.items() if not k.startswith("_"))
 
 
-class _HashingFile:
-    """Write-through file wrapper that counts bytes and computes their sha256."""
+class _Hashing:
+    """File wrapper that counts and sha256-hashes the bytes written or read through it."""
 
     def __init__(self, f: Any):
         self.f, self.sha, self.size = f, hashlib.sha256(), 0
 
-    def write(self, data: bytes) -> int:
+    def _see(self, data: bytes) -> bytes:
         self.sha.update(data)
         self.size += len(data)
-        return self.f.write(data)
+        return data
+
+    def write(self, data: bytes) -> int:
+        return self.f.write(self._see(data))
+
+    def read(self, n: int = -1) -> bytes:
+        return self._see(self.f.read(n))
 
     def flush(self) -> None:
         self.f.flush()
@@ -206,7 +212,7 @@ class _ShardSequence:
         self.name = f"{self.split}-{self.index:06d}.tar"
         self.stack = contextlib.ExitStack()
         tmp = self.stack.enter_context(atomic_path(self.out_dir / self.name))
-        self.file = _HashingFile(self.stack.enter_context(open(tmp, "wb")))
+        self.file = _Hashing(self.stack.enter_context(open(tmp, "wb")))
         self.tar = wds.TarWriter(self.file, **TAR_HEADER)  # default encoder: str -> utf-8
         self.count, self.members_bytes = 0, 0
 
@@ -308,14 +314,27 @@ def write_shards(pairs: Iterable[dict], out_dir: str | Path, *, fractions: dict[
         "params": {"fractions": dict(sorted(fractions.items())), "maxcount": int(maxcount),
                    "maxsize": float(maxsize)},
         "shards": shards,
-        "splits": {s: {"shards": len(seq.done), "count": sum(d["count"] for d in seq.done),
-                       "bytes": sum(d["bytes"] for d in seq.done)} for s, seq in seqs.items()},
-        "digest": hashlib.sha256("".join(f"{s['name']} {s['sha256']}\n"
-                                         for s in shards).encode()).hexdigest(),
+        "splits": _split_totals(shards, seqs),
+        "digest": _digest(shards),
         "extra": dict(extra or {}),
     }
     write_json_atomic(out / MANIFEST_NAME, manifest)
     return manifest
+
+
+def _split_totals(shards: list[dict], splits: Iterable[str]) -> dict[str, dict[str, int]]:
+    out = {s: {"shards": 0, "count": 0, "bytes": 0} for s in splits}
+    for d in shards:
+        t = out.setdefault(d["split"], {"shards": 0, "count": 0, "bytes": 0})
+        t["shards"] += 1
+        t["count"] += d["count"]
+        t["bytes"] += d["bytes"]
+    return out
+
+
+def _digest(shards: list[dict]) -> str:
+    return hashlib.sha256("".join(f"{d['name']} {d['sha256']}\n" for d in shards).encode()
+                          ).hexdigest()
 
 
 def read_manifest(manifest: str | Path | dict, root: str | Path | None = None
@@ -358,21 +377,10 @@ class VerifyReport:
     samples: int = 0
 
 
-class _HashingReader:
-    def __init__(self, f: Any):
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.sha.update(data)
-        self.size += len(data)
-        return data
-
-
 def _scan_shard(path: Path) -> tuple[str, int, int, str | None]:
     """One pass over a shard: (sha256, bytes, sample count, tar error or None)."""
     with open(path, "rb") as f:
-        reader = _HashingReader(f)
+        reader = _Hashing(f)
         keys: list[str] = []
         error = None
         try:
@@ -395,7 +403,7 @@ def verify(manifest: str | Path | dict, root: str | Path | None = None) -> Verif
 
     Checks per shard: file present, byte size, sha256, sample count (distinct keys of
     the tar members, read as webdataset groups them), readable tar. Also: split totals
-    match the shard list, no duplicate names, and no stray ``{split}-NNNNNN.tar`` in
+    and ``digest`` match the shard list, no duplicate names, and no stray ``{split}-NNNNNN.tar`` in
     ``root`` that the manifest does not list. Problems are reported, never raised.
 
     Args:
@@ -418,14 +426,9 @@ def verify(manifest: str | Path | dict, root: str | Path | None = None) -> Verif
     names = [s["name"] for s in shards]
     if len(set(names)) != len(names):
         problems.append("duplicate shard names in manifest")
-    totals: dict[str, dict[str, int]] = {}
     samples = 0
     for s in shards:
         path = root / s["name"]
-        t = totals.setdefault(s["split"], {"shards": 0, "count": 0, "bytes": 0})
-        t["shards"] += 1
-        t["count"] += s["count"]
-        t["bytes"] += s["bytes"]
         if not path.is_file():
             problems.append(f"{s['name']}: missing")
             continue
@@ -439,11 +442,11 @@ def verify(manifest: str | Path | dict, root: str | Path | None = None) -> Verif
             problems.append(f"{s['name']}: {count} samples, manifest says {s['count']}")
         if error:
             problems.append(f"{s['name']}: unreadable tar ({error})")
-    for split, t in data.get("splits", {}).items():
-        if totals.get(split, {"shards": 0, "count": 0, "bytes": 0}) != t:
-            problems.append(f"split {split}: totals {t} do not match its shards")
-    for split in totals.keys() - data.get("splits", {}).keys():
-        problems.append(f"split {split}: shards listed but no split totals")
+    splits = data.get("splits", {})
+    if _split_totals(shards, splits) != splits:
+        problems.append(f"split totals {splits} do not match the shard list")
+    if data.get("digest") != _digest(shards):
+        problems.append("manifest digest does not match the shard list")
     if root.is_dir():
         listed = set(names)
         for p in sorted(root.glob("*.tar")):

@@ -1,0 +1,256 @@
+"""Shard loader for training teams: a ``webdataset.WebDataset`` over one split of a shard set.
+
+Built on webdataset's documented pipeline hooks (https://github.com/webdataset/webdataset,
+README "Multinode training", ``webdataset/compat.py``, ``shardlists.py``): the shard list
+of a split (from ``manifest.json``, see :mod:`pipelines.shards`) is permuted per
+(seed, epoch), then ``wds.split_by_node`` gives rank ``r`` of ``W`` the shards
+``r, r+W, ...`` and ``wds.split_by_worker`` splits those among its DataLoader workers.
+Every shard is therefore read by exactly one (rank, worker) per epoch: no sample is seen
+twice per epoch across ranks and workers, and the union is the whole split. Build the
+dataset after ``torch.distributed.init_process_group`` (or under ``torchrun``, which sets
+``RANK``/``WORLD_SIZE``): DataLoader workers started with "spawn" do not inherit the
+process group, so the rank seen at construction is used there.
+
+**Fewer shards than ranks x workers.** ``empty_check=False``: a worker or rank that gets
+no shard yields nothing and ends at once (no error, no hang; a ``UserWarning`` says so).
+With exact-once iteration (``resampled=False``) ranks see different numbers of samples
+whenever shard counts are uneven: that is right for evaluation (gather results at the
+end) but a DDP training loop would hang in the gradient all-reduce of the rank that still
+has batches. Trainers should use ``resampled=True`` (each rank/worker draws shards with
+replacement from its own seeded stream; infinite) together with
+``ds.with_epoch(n_batches_per_worker)`` so every rank runs the same number of steps, or
+wrap an exact-once loop in ``torch.distributed.algorithms.Join``. Writing shards with a
+``maxcount`` that gives >= ranks x workers shards per split keeps the imbalance small.
+
+**Epochs and seeds.** Call ``ds.set_epoch(epoch)`` before each epoch on every rank (like
+``DistributedSampler.set_epoch``); the value lives in shared memory, so persistent
+DataLoader workers see it too. With ``shuffle_buffer > 0`` the shard order (same on all
+ranks) and each worker's sample buffer (seeded by seed, epoch, rank, worker) are
+deterministic per (seed, epoch); ``epoch_shuffle=False`` ignores the epoch. With
+``shuffle_buffer=0`` the order is the manifest's (sorted keys within each shard).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import multiprocessing
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from pipelines.depth_convention import UINT16_MAX, decode_zbuffer
+from pipelines.shards import DEPTH_MEMBERS, IMAGE_MEMBERS, MASK_MEMBERS, read_manifest
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed from integers (hashlib, unlike ``hash()``, is stable across processes)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
+
+
+class _Epoch:
+    """Epoch number in shared memory, visible to (persistent) DataLoader workers."""
+
+    def __init__(self) -> None:
+        self.value = multiprocessing.Value("q", 0)
+
+    def get(self) -> int:
+        return int(self.value.value)
+
+    def set(self, epoch: int) -> None:
+        self.value.value = int(epoch)
+
+
+class _NodeInfo:
+    """(rank, world, worker, workers) as ``wds.utils.pytorch_worker_info`` reports it, except
+    that a DataLoader worker started with "spawn"/"forkserver" (it does not inherit the
+    process group; e.g. ranks started by ``torch.multiprocessing.spawn``) falls back to the
+    rank and world size seen when the dataset was built."""
+
+    def __init__(self) -> None:
+        self.rank, self.world = wds.utils.pytorch_worker_info()[:2]
+
+    def __call__(self) -> tuple[int, int, int, int]:
+        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        if world == 1 and self.world > 1:
+            rank, world = self.rank, self.world
+        return rank, world, worker, workers
+
+
+class _ShuffledSplitByNode:
+    """Permute the full shard list by (seed, epoch), identically on every rank, then
+    ``wds.split_by_node``. Warns when some ranks/workers will get no shard."""
+
+    def __init__(self, seed: int, epoch: _Epoch | None, shuffle: bool, node: _NodeInfo):
+        self.seed, self.epoch, self.shuffle, self.node = seed, epoch, shuffle, node
+
+    def __call__(self, src):
+        urls = list(src)
+        if self.shuffle:
+            epoch = self.epoch.get() if self.epoch is not None else 0
+            np.random.default_rng(_seed(self.seed, epoch)).shuffle(urls)
+        rank, world, worker, workers = self.node()
+        if len(urls) < world * workers and worker == 0:
+            warnings.warn(f"{len(urls)} shards for {world} ranks x {workers} workers: some "
+                          "yield nothing this epoch (see training.data docs)", stacklevel=2)
+        if world != wds.utils.pytorch_worker_info()[1]:  # spawned worker: no process group
+            return iter(urls[rank::world])
+        return wds.split_by_node(iter(urls))
+
+
+class _SeededShuffle:
+    """``wds.shuffle`` with a seed chosen at iteration time from (seed, epoch, rank, worker)."""
+
+    def __init__(self, bufsize: int, seed: int, epoch: _Epoch | None, node: _NodeInfo):
+        self.bufsize, self.seed, self.epoch, self.node = bufsize, seed, epoch, node
+
+    def __call__(self, src):
+        rank, _, worker, _ = self.node()
+        epoch = self.epoch.get() if self.epoch is not None else 0
+        seed = _seed(self.seed, epoch, rank, worker)
+        return wds.shuffle(self.bufsize, initial=self.bufsize, seed=seed)(src)
+
+
+class _WorkerSeed:
+    """``worker_seed`` for ``wds.ResampledShards``: distinct per (rank, worker, epoch)."""
+
+    def __init__(self, epoch: _Epoch | None, node: _NodeInfo):
+        self.epoch, self.node = epoch, node
+
+    def __call__(self) -> int:
+        rank, _, worker, _ = self.node()
+        return _seed(rank, worker, self.epoch.get() if self.epoch is not None else 0)
+
+
+def _decode_zbuffer_png(data: bytes) -> torch.Tensor:
+    img = Image.open(io.BytesIO(data))
+    arr = np.asarray(img)
+    if arr.dtype != np.uint16:
+        raise ValueError(f"depth PNG must be 16-bit grayscale, got mode {img.mode}")
+    return torch.from_numpy(arr.astype(np.float32) / UINT16_MAX)[None]
+
+
+def _decode_mask_png(data: bytes) -> torch.Tensor:
+    arr = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+    return torch.from_numpy((arr > 127).astype(np.float32))[None]
+
+
+def _to_output(sample: dict[str, Any]) -> dict[str, Any]:
+    out = {m.split(".")[0]: sample[m] for m in IMAGE_MEMBERS + DEPTH_MEMBERS + MASK_MEMBERS}
+    out.update(camera=sample["camera.json"], meta=sample.get("meta.json", {}),
+               pose=int(sample["pose.cls"]), label=int(sample.get("label.cls", -1)),
+               key=sample["__key__"])
+    return out
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch decoded samples: tensors stacked to [B,...] (all samples must share H, W),
+    ``pose``/``label`` to int64 [B], ``key``/``camera``/``meta`` to lists of length B."""
+    out: dict[str, Any] = {}
+    for k, v in samples[0].items():
+        vals = [s[k] for s in samples]
+        if isinstance(v, torch.Tensor):
+            out[k] = torch.stack(vals)
+        elif isinstance(v, int):
+            out[k] = torch.tensor(vals, dtype=torch.int64)
+        else:
+            out[k] = vals
+    return out
+
+
+def zbuffer_to_depth(zbuffer: torch.Tensor, camera: dict[str, Any]) -> torch.Tensor:
+    """Convert a decoded ``target_depth``/``cond_depth`` (IVID z-buffer in [0, 1], float32,
+    any shape) to z-depth (float32, same shape, in [near, far] of
+    ``camera["depth_encoding"]``) with :func:`pipelines.depth_convention.decode_zbuffer`.
+
+    Raises:
+        KeyError: ``camera`` has no ``depth_encoding``.
+    """
+    enc = camera["depth_encoding"]
+    v = np.round(zbuffer.detach().cpu().numpy().astype(np.float64) * UINT16_MAX)
+    return torch.from_numpy(decode_zbuffer(v.astype(np.uint16), enc["near"], enc["far"]))
+
+
+def split_urls(manifest_or_dir: str | Path, split: str) -> list[str]:
+    """Paths of the shards of ``split``, in manifest order, after a cheap completeness check
+    (manifest present, each shard present with the manifest's byte size). For a full check
+    (sha256, counts) run :func:`pipelines.shards.verify`.
+
+    Raises:
+        FileNotFoundError: no manifest (incomplete set) or a shard is missing.
+        ValueError: unknown split, a split without shards, or a shard of the wrong size.
+    """
+    manifest, root = read_manifest(manifest_or_dir)
+    if split not in manifest["splits"]:
+        raise ValueError(f"split {split!r} not in manifest splits {sorted(manifest['splits'])}")
+    urls = []
+    for s in manifest["shards"]:
+        if s["split"] != split:
+            continue
+        path = root / s["name"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: shard listed in the manifest is missing")
+        if path.stat().st_size != s["bytes"]:
+            raise ValueError(f"{path}: {path.stat().st_size} bytes, manifest says {s['bytes']}")
+        urls.append(str(path))
+    if not urls:
+        raise ValueError(f"split {split!r} has no shards (0 samples)")
+    return urls
+
+
+def make_dataset(manifest_or_dir: str | Path, split: str, *, batch_size: int | None = None,
+                 shuffle_buffer: int = 0, seed: int = 0, resampled: bool = False,
+                 epoch_shuffle: bool = True) -> wds.WebDataset:
+    """A WebDataset pipeline over the shards of ``split``, decoded to torch tensors.
+
+    Each sample is a dict: ``target``/``cond`` float32 [3,H,W] in [0,1]; ``target_depth``/
+    ``cond_depth`` float32 [1,H,W], IVID z-buffer value in [0,1] (0 = near plane, 1 = far
+    plane or invalid; z-depth via :func:`zbuffer_to_depth` and ``camera["depth_encoding"]``);
+    ``mask``/``mask_rgb`` float32 [1,H,W] in {0,1}; ``camera``/``meta`` dicts (from JSON);
+    ``pose`` int; ``label`` int (-1 when absent); ``key`` str. With ``batch_size`` the
+    pipeline yields :func:`collate` batches (partial last batch kept); use it with
+    ``torch.utils.data.DataLoader(ds, batch_size=None, num_workers=...)``.
+
+    Args:
+        manifest_or_dir: ``manifest.json`` or the shard directory holding it.
+        split: split name in the manifest (e.g. "train").
+        batch_size: samples per batch, or None for single samples.
+        shuffle_buffer: sample shuffle buffer per worker; 0 = no shuffling at all (shards
+            and samples in manifest order), > 0 also permutes the shard order.
+        seed: base seed of shard permutation, sample buffer and resampling.
+        resampled: draw shards with replacement forever (training; pair with
+            ``ds.with_epoch(n)``); exact-once coverage no longer holds.
+        epoch_shuffle: mix the epoch (``ds.set_epoch``) into every seed.
+
+    Returns:
+        ``wds.WebDataset`` with an added ``set_epoch(epoch: int)`` method.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`split_urls`.
+    """
+    urls = split_urls(manifest_or_dir, split)
+    epoch, node = _Epoch(), _NodeInfo()
+    ep = epoch if epoch_shuffle else None
+    ds = wds.WebDataset(urls, resampled=resampled, shardshuffle=False,
+                        nodesplitter=(wds.split_by_node if resampled else
+                                      _ShuffledSplitByNode(seed, ep, shuffle_buffer > 0, node)),
+                        workersplitter=wds.split_by_worker, empty_check=False, seed=seed)
+    if resampled:
+        # WebDataset(resampled=True) seeds ResampledShards from pid/time; swap in a
+        # deterministic one (same class, seeded per rank, worker, epoch).
+        assert isinstance(ds.pipeline[0], wds.ResampledShards), ds.pipeline[0]
+        ds.pipeline[0] = wds.ResampledShards(urls, seed=seed, worker_seed=_WorkerSeed(ep, node),
+                                             deterministic=True)
+    if shuffle_buffer > 0:
+        ds.append(_SeededShuffle(shuffle_buffer, seed, ep, node))
+    ds = ds.decode(wds.handle_extension(" ".join(DEPTH_MEMBERS), _decode_zbuffer_png),
+                   wds.handle_extension(" ".join(MASK_MEMBERS), _decode_mask_png),
+                   wds.imagehandler("torchrgb")).map(_to_output)
+    if batch_size is not None:
+        ds = ds.batched(batch_size, collation_fn=collate, partial=True)
+    ds.set_epoch = epoch.set
+    return ds
