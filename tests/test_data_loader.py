@@ -140,6 +140,19 @@ def test_seeded_shuffle_per_seed_and_epoch(shard_sets):
     assert order(0, 0, False) == order(0, 3, False)
 
 
+@pytest.mark.timeout(60)
+def test_set_epoch_reaches_persistent_workers(shard_sets):
+    ds = make_dataset(shard_sets["many"], "train", batch_size=2, shuffle_buffer=4, seed=3)
+    dl = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True,
+                    multiprocessing_context="fork")
+    epochs = []
+    for epoch in (0, 1, 0):
+        ds.set_epoch(epoch)
+        epochs.append([k for b in dl for k in b["key"]])
+    assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(split_keys(shard_sets["many"], "train"))
+    assert epochs[0] != epochs[1] and epochs[0] == epochs[2]
+
+
 def test_resampled_with_epoch_is_deterministic(shard_sets):
     def run(seed):
         ds = make_dataset(shard_sets["many"], "train", resampled=True, seed=seed).with_epoch(7)
