@@ -425,7 +425,7 @@ def load_lpips(net_type: str = "alex", weights_path: str | None = None,
         ValueError: unknown ``net_type`` (alex | vgg | squeeze).
     """
     import torchvision.models as tvm
-    from torchmetrics.functional.image.lpips import _NoTrainLpips
+    from torchmetrics.functional.image import lpips as tm_lpips
     if net_type not in _TV_NAMES:
         raise ValueError(f"eval.lpips_net must be one of {sorted(_TV_NAMES)}, got {net_type!r}")
     path = Path(weights_path) if weights_path else _tv_weights_file(net_type)
@@ -434,10 +434,10 @@ def load_lpips(net_type: str = "alex", weights_path: str | None = None,
                       f"`eval.lpips_weights_path` to a torchvision state dict; looked at {path})")
     backbone = getattr(tvm, _TV_NAMES[net_type])(weights=None)
     backbone.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    net = _NoTrainLpips(net=net_type, pnet_rand=True)  # linear layers: torchmetrics' bundled file
-    for sl in net.net.children():  # slices hold modules of torchvision's `.features[i]`
-        for name, mod in sl.named_children():
-            mod.load_state_dict(backbone.features[int(name)].state_dict())
+    # torchmetrics slices torchvision's `.features`; hand it the locally loaded ones instead of
+    # its download. The linear layers come from torchmetrics' bundled lpips_models/<net>.pth.
+    with mock.patch.object(tm_lpips, "_get_tv_model_features", lambda name, pretrained=False: backbone.features):
+        net = tm_lpips._NoTrainLpips(net=net_type)
     return LPIPS(net.to(pick_device(device)).eval(), net_type, f"local:{path}"), f"local:{path}"
 
 

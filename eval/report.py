@@ -18,6 +18,7 @@ import base64
 import csv
 import html
 import io
+import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -214,7 +215,7 @@ def write_report(results: Sequence[ProtocolResult], out_dir: str | Path, *, head
                            "metrics": [{"key": m.key, "label": m.label, "value": m.value if math.isfinite(m.value)
                                         else None, "higher_is_better": m.higher_is_better, "info": m.info}
                                        for m in r.metrics]} for r in results]}
-    paths["report.json"] = write_json_atomic(out / "report.json", prov)
+    paths["report.json"] = write_json_atomic(out / "report.json", json.loads(json.dumps(prov, default=str)))
     md_files, page = render(results, header, notes, images, embed=False, title=title)
     md_embedded, _ = render(results, header, notes, images, embed=True, title=title)
     paths["report.md"] = write_bytes_atomic(out / "report.md", md_files.encode())
