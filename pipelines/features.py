@@ -190,13 +190,13 @@ def extract_features(model: torch.nn.Module, images: np.ndarray | torch.Tensor, 
         :class:`FeatureBatch` (patch [B, h, w, C], cls [B, C], float16).
 
     Raises:
-        ValueError: ``images`` is not [B, 3, H, W] or ``batch_size`` < 1.
+        ValueError: ``images`` is not floating point [B, 3, H, W], or ``batch_size`` < 1.
     """
     import timm.data
     t0 = time.perf_counter()
-    x_all = torch.as_tensor(images)
-    if x_all.ndim != 4 or x_all.shape[1] != 3:
-        raise ValueError(f"images must be [B, 3, H, W], got {tuple(x_all.shape)}")
+    x_all = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
+    if x_all.ndim != 4 or x_all.shape[1] != 3 or not torch.is_floating_point(x_all):
+        raise ValueError(f"images must be float [B, 3, H, W] in [0, 1], got {x_all.dtype} {tuple(x_all.shape)}")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     dev = torch.device(device) if device else next(model.parameters()).device

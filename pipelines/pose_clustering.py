@@ -101,10 +101,9 @@ def _kmeans(x: np.ndarray, k: int, *, spherical: bool, seed: int, restarts: int,
             max_points: int, gpu: bool) -> faiss.Kmeans:
     """Best of ``restarts`` faiss k-means runs on a seeded subsample of <= ``max_points`` rows.
 
-    Each run starts from sklearn's greedy k-means++ (``kmeans_plusplus``, seed + run, on
-    ~10k of the rows): faiss'
-    own random or k-means++ init, even with ``nredo=5``, stayed in a local optimum (two
-    clusters merged, one split) on 12 well-separated Gaussians where this init does not.
+    Each run starts from sklearn's greedy k-means++ (``kmeans_plusplus``, seed + run, on ~10k
+    rows): faiss' own random or k-means++ init, even with ``nredo=5``, stayed in a local
+    optimum (two clusters merged, one split) on 12 well-separated Gaussians; this does not.
     Best = lowest squared-L2 objective (highest summed cosine when ``spherical``).
     """
     from sklearn.cluster import kmeans_plusplus
@@ -122,11 +121,6 @@ def _kmeans(x: np.ndarray, k: int, *, spherical: bool, seed: int, restarts: int,
         if best is None or obj < best_obj:
             best, best_obj = km, obj
     return best
-
-
-def _unit(tokens: np.ndarray) -> np.ndarray:
-    t = np.asarray(tokens, dtype=np.float32).reshape(-1, tokens.shape[-1])
-    return t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
 
 
 def _grid_xy(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,8 +156,7 @@ class _Sample:
             self.thresh = float(self.keys[0][-1])
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self.tok:
-            raise ValueError("no features: read_chunks yielded no chunk")
+        """(tokens float16 [n, C], flat patch index int32 [n]) sorted by key."""
         self._compact()
         return self.tok[0], self.pos[0]
 
@@ -236,23 +229,16 @@ def cycle_order(centroids: np.ndarray) -> np.ndarray:
         return np.arange(k)
     d = cdist(centroids, centroids)
     if k <= 12:
-        full = 1 << (k - 1)  # subsets of nodes 1..k-1
-        dp = np.full((full, k), np.inf)
-        par = np.zeros((full, k), np.int64)
-        for j in range(1, k):
-            dp[1 << (j - 1), j] = d[0, j]
-        for mask in range(1, full):
-            cur = dp[mask]
-            if not np.isfinite(cur).any():
-                continue
-            for j in range(1, k):
-                bit = 1 << (j - 1)
-                if mask & bit:
-                    continue
-                cand = cur + d[:, j]
-                i = int(np.argmin(cand))
-                if cand[i] < dp[mask | bit, j]:
-                    dp[mask | bit, j], par[mask | bit, j] = cand[i], i
+        full, bits, nodes = 1 << (k - 1), 1 << np.arange(k - 1), np.arange(1, k)  # subsets of 1..k-1
+        dp, par = np.full((full, k), np.inf), np.zeros((full, k), np.int64)
+        dp[bits, nodes] = d[0, 1:]
+        for mask in range(1, full):  # dp[mask, j]: shortest path 0 -> (all of mask) ending at j
+            js = nodes[(mask & bits) == 0]
+            cand = dp[mask][:, None] + d[:, js]
+            i = cand.argmin(0)
+            val, nm = cand[i, np.arange(len(js))], mask | bits[js - 1]
+            upd = val < dp[nm, js]
+            dp[nm[upd], js[upd]], par[nm[upd], js[upd]] = val[upd], i[upd]
         j, mask, tour = int(np.argmin(dp[full - 1] + d[:, 0])), full - 1, []
         while j:
             tour.append(j)
@@ -284,35 +270,27 @@ def cluster_descriptors(descriptors: np.ndarray, flipped_descriptors: np.ndarray
     """Step 4 on float32 descriptors [N, D]: pose k-means, mirror pairing, cycle, outliers.
 
     ``flipped_descriptors`` [N, D] are those of the mirrored images (default:
-    :func:`mirror_descriptors`). ``num_poses`` is clamped to N. Returns a dict with
-    labels, distances, centroids, mirror_of, mirror_votes, order, is_outlier, sizes.
-    Raises ValueError when N == 0.
+    :func:`mirror_descriptors`). ``num_poses`` is clamped to N. Returns a dict with the
+    PoseClustering fields labels, distances, centroids, mirror_of, mirror_votes, order,
+    is_outlier, sizes. Raises ValueError when N == 0.
     """
     x = np.ascontiguousarray(descriptors, dtype=np.float32)
     if not len(x):
         raise ValueError("no descriptors to cluster")
-    with _omp_threads(num_threads):
-        return _pose_kmeans(x, flipped_descriptors, num_poses, seed, restarts, niter, max_points,
-                            outlier_percentile, _use_gpu(use_gpu))
-
-
-def _pose_kmeans(x, flipped_descriptors, num_poses, seed, restarts, niter, max_points,
-                 outlier_percentile, gpu) -> dict:
     k = min(num_poses, len(x))
-    km = _kmeans(x, k, spherical=False, seed=seed, restarts=restarts, niter=niter,
-                 max_points=max_points, gpu=gpu)
-    dist, lab = (a[:, 0] for a in km.index.search(x, 1))
-    fx = mirror_descriptors(x) if flipped_descriptors is None else flipped_descriptors
-    flab = km.index.search(np.ascontiguousarray(fx, dtype=np.float32), 1)[1][:, 0]
+    with _omp_threads(num_threads):
+        km = _kmeans(x, k, spherical=False, seed=seed, restarts=restarts, niter=niter,
+                     max_points=max_points, gpu=_use_gpu(use_gpu))
+        dist, lab = (a[:, 0] for a in km.index.search(x, 1))
+        fx = mirror_descriptors(x) if flipped_descriptors is None else flipped_descriptors
+        flab = km.index.search(np.ascontiguousarray(fx, dtype=np.float32), 1)[1][:, 0]
+        fallback = km.index.search(mirror_descriptors(km.centroids), 1)[1][:, 0]  # poses without members
     votes = np.zeros((k, k), np.int64)
     np.add.at(votes, (lab, flab), 1)
-    # poses without members: pair by the mirrored centroid
-    fallback = km.index.search(mirror_descriptors(km.centroids), 1)[1][:, 0]
-    mirror_of = np.where(votes.sum(1) > 0, votes.argmax(1), fallback)
     thr = np.percentile(dist, outlier_percentile) if outlier_percentile < 100 else np.inf
-    return dict(labels=lab.astype(np.int64), distances=dist.astype(np.float32),
-                centroids=km.centroids.copy(), mirror_of=mirror_of.astype(np.int64), mirror_votes=votes,
-                order=cycle_order(km.centroids), is_outlier=dist > thr,
+    return dict(labels=lab.astype(np.int64), distances=dist.astype(np.float32), centroids=km.centroids.copy(),
+                mirror_of=np.where(votes.sum(1) > 0, votes.argmax(1), fallback).astype(np.int64),
+                mirror_votes=votes, order=cycle_order(km.centroids), is_outlier=dist > thr,
                 sizes=np.bincount(lab, minlength=k).astype(np.int64))
 
 
@@ -350,31 +328,29 @@ def cluster_poses_streaming(read_chunks: Callable[[], Iterable[Chunk]], *, num_p
     if min(num_parts, num_poses, max_points, restarts, niter) < 1 or not 0 < outlier_percentile <= 100:
         raise ValueError("num_parts, num_poses, max_points, restarts, niter must be >= 1 and "
                          "outlier_percentile in (0, 100]")
+    kw = dict(location_weight=location_weight, visibility_threshold=visibility_threshold,
+              location_frame=location_frame)
     with _omp_threads(num_threads):
-        return _cluster(read_chunks, num_parts, num_poses, seed, _use_gpu(use_gpu), max_points,
-                        dict(location_weight=location_weight, visibility_threshold=visibility_threshold,
-                             location_frame=location_frame), outlier_percentile, all_foreground,
-                        restarts, niter)
+        return _cluster(read_chunks, num_parts, num_poses, seed, _use_gpu(use_gpu), max_points, kw,
+                        dict(restarts=restarts, niter=niter, outlier_percentile=outlier_percentile),
+                        all_foreground)
 
 
-def _cluster(read_chunks, num_parts, num_poses, seed, gpu, max_points, kw, outlier_percentile,
-             all_foreground, restarts, niter) -> PoseClustering:
+def _cluster(read_chunks, num_parts, num_poses, seed, gpu, max_points, kw, km_kw, all_foreground):
     t0, warn = time.perf_counter(), []
     sample, first = _Sample(max_points, seed), None
     for patch, flipped, fg in read_chunks():
         sig = (patch.shape[1:], flipped is None, fg is None)
-        if first is None:
-            first = sig
-        elif sig != first:
+        first = first or sig
+        if sig != first or (flipped is not None and flipped.shape != patch.shape):
             raise ValueError(f"chunk {sig} differs from the first chunk {first} (shape / None-ness)")
-        if flipped is not None and flipped.shape != patch.shape:
-            raise ValueError("flipped features must have the patch features' shape")
         sample.add(patch, None if fg is None else np.asarray(fg, bool))
     if first is None:
         raise ValueError("no features: read_chunks yielded no chunk")
     (h, w, c), has_flip, has_fg = first[0], not first[1], not first[2]
     tok, pos = sample.result()
-    tok = _unit(tok)
+    tok = tok.astype(np.float32)
+    tok /= np.maximum(np.linalg.norm(tok, axis=1, keepdims=True), 1e-12)
     source = "given" if has_fg else "all" if all_foreground else "pca"
     mean = comp = None
     if source == "pca":
@@ -386,8 +362,8 @@ def _cluster(read_chunks, num_parts, num_poses, seed, gpu, max_points, kw, outli
     if p < num_parts:
         warn.append(f"num_parts clamped from {num_parts} to {p} (only {len(tok)} foreground tokens)")
     t1 = time.perf_counter()
-    parts_km = _kmeans(tok, p, spherical=True, seed=seed, restarts=restarts, niter=niter,
-                       max_points=max_points, gpu=gpu)
+    parts_km = _kmeans(tok, p, spherical=True, seed=seed, restarts=km_kw["restarts"],
+                       niter=km_kw["niter"], max_points=max_points, gpu=gpu)
     pc = parts_km.centroids / np.linalg.norm(parts_km.centroids, axis=1, keepdims=True)
     del tok, sample
     t2 = time.perf_counter()
@@ -398,10 +374,11 @@ def _cluster(read_chunks, num_parts, num_poses, seed, gpu, max_points, kw, outli
     def label(t: np.ndarray, fgm: np.ndarray | None) -> np.ndarray:
         t32 = np.asarray(t, dtype=np.float32).reshape(-1, c)
         sc = t32 @ proj  # argmax over parts and the PCA test need no normalised copy
-        if fgm is None:  # (t/|t| - mean) . comp > 0
-            fgm = True if source == "all" else sc[:, p] > offset * np.sqrt(np.einsum("ij,ij->i", t32, t32))
         lab = np.argmax(sc[:, :p], axis=1).astype(np.int8 if p <= 127 else np.int16)
-        lab[~(np.asarray(fgm, bool).ravel() if fgm is not True else np.ones(len(lab), bool))] = -1
+        if fgm is None and source == "pca":  # (t/|t| - mean) . comp > 0
+            fgm = sc[:, p] > offset * np.sqrt(np.einsum("ij,ij->i", t32, t32))
+        if fgm is not None:
+            lab[~np.asarray(fgm, bool).ravel()] = -1
         return lab.reshape(t.shape[:3])
 
     parts, desc, fdesc = [], [], []
@@ -415,8 +392,8 @@ def _cluster(read_chunks, num_parts, num_poses, seed, gpu, max_points, kw, outli
     if num_poses > len(descriptors):
         warn.append(f"num_poses clamped from {num_poses} to N={len(descriptors)}")
     t3 = time.perf_counter()
-    out = _pose_kmeans(descriptors, np.concatenate(fdesc) if has_flip else None, num_poses, seed,
-                       restarts, niter, max_points, outlier_percentile, gpu)
+    out = cluster_descriptors(descriptors, np.concatenate(fdesc) if has_flip else None, num_poses=num_poses,
+                              seed=seed, max_points=max_points, use_gpu=gpu, **km_kw)
     t4 = time.perf_counter()
     return PoseClustering(
         **out, part_labels=part_labels, descriptors=descriptors, part_centroids=pc.astype(np.float32),

@@ -58,7 +58,7 @@ def test_flipped_features(tiny):
     np.testing.assert_allclose(fb.flipped_patch.astype(np.float32), fb.patch.astype(np.float32), atol=2e-3)
     imgs = rng.random((2, 3, 56, 56), dtype=np.float32)
     fb = extract_features(res.model, imgs)
-    mirrored = extract_features(res.model, np.ascontiguousarray(imgs[..., ::-1]), flipped=False)
+    mirrored = extract_features(res.model, imgs[..., ::-1], flipped=False)  # negative strides are fine
     np.testing.assert_allclose(fb.flipped_patch.astype(np.float32), mirrored.patch.astype(np.float32), atol=2e-3)
     np.testing.assert_allclose(fb.flipped_cls.astype(np.float32), mirrored.cls.astype(np.float32), atol=2e-3)
     assert not np.allclose(fb.flipped_patch, fb.patch, atol=1e-2)
@@ -104,3 +104,5 @@ def test_not_a_dinov2_name():
         load_dinov2("resnet50", None, profile="demo")
     with pytest.raises(ValueError):
         extract_features(torch.nn.Linear(1, 1), np.zeros((2, 1, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="float"):
+        extract_features(torch.nn.Linear(1, 1), np.zeros((2, 3, 8, 8), np.uint8))

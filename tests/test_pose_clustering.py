@@ -9,6 +9,8 @@ mirrored label maps, so the view at azimuth a, mirrored, is the view at -a.
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
@@ -142,6 +144,10 @@ def test_given_foreground_small_sample_and_clamping(views):
     assert (everything.part_labels >= 0).all() and everything.foreground_source == "all"
     with pytest.raises(ValueError):
         cluster_poses(views["feats"][:20], location_frame="world")
+    import faiss
+    if faiss.get_num_gpus() == 0:
+        with pytest.raises(ValueError, match="GPU"):
+            cluster_poses(views["feats"][:20], use_gpu=True)
 
 
 def test_pca_sign_rule_when_object_is_the_majority():
@@ -160,7 +166,13 @@ def test_cycle_order_and_descriptor_clustering():
     for p in (pts, np.concatenate([pts * 1.0, pts * 1.0 + 5])[:16]):
         tour = cycle_order(p)
         assert sorted(tour) == list(range(len(p))) and tour[0] == 0 and tour[1] < tour[-1]
-    tour = cycle_order(pts)  # exact: the polygon order
+    rng = np.random.default_rng(2)  # Held-Karp is exact: equals brute force over all tours
+    for _ in range(3):
+        q = rng.normal(size=(7, 3))
+        length = lambda t: sum(np.linalg.norm(q[t[i]] - q[t[i - 1]]) for i in range(len(t)))
+        best = min(length((0,) + perm) for perm in itertools.permutations(range(1, 7)))
+        assert length(tuple(cycle_order(q))) == pytest.approx(best)
+    tour = cycle_order(pts)  # the polygon order
     pos = np.round(np.arctan2(pts[tour, 1], pts[tour, 0]) / (2 * np.pi / 10)).astype(int) % 10
     assert set(np.abs((np.diff(np.r_[pos, pos[:1]]) + 5) % 10 - 5)) == {1}
     x = np.random.default_rng(0).normal(size=(100, 6)).astype(np.float32)
