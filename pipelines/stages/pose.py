@@ -5,13 +5,13 @@ descriptor pass); only the [N, D] descriptors are held in memory.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from pipelines.config import stage_version
 from pipelines.images import load_images
 from pipelines.stages.common import StageReport, Timer
 from pipelines.stages.features import iter_feature_chunks, open_features
@@ -55,7 +55,8 @@ def run_pose(root: Path, params: dict[str, Any]) -> StageReport:
         index = pa.table({"key": pa.array(keys, pa.string()), "pose": pa.array(res.labels.astype(np.int32)),
                           "distance": pa.array(np.asarray(res.distances, np.float32)),
                           "is_outlier": pa.array(np.asarray(res.is_outlier, bool))})
-        info = {"stage": STAGE, "version": finfo["version"] + ":" + json.dumps(p, sort_keys=True),
+        info = {"stage": STAGE, "version": stage_version(STAGE, CODE_VERSION, {**p, "seed": seed},
+                                                         {"dinov2_features": finfo["version"]}),
                 "code_version": CODE_VERSION, "params": p, "seed": seed, "num_poses_used": k,
                 "upstream": {"dinov2_features": finfo["version"]}}
         dv = write_index(root, STAGE, index, info)
