@@ -9,8 +9,9 @@ Descriptors": L2-normalised tokens, k-means on a subsample, foreground by salien
    tokens (sklearn PCA on a token sample) thresholded at 0, its sign chosen so that the
    foreground sits near the image centre (mean component inside radius 0.5 of the
    normalised image exceeds the mean outside; on a near tie, the minority side).
-2. Parts: spherical ``faiss.Kmeans`` (k-means++, ``restarts`` redos, fixed seed, GPU with
-   faiss-gpu) on at most ``max_points`` sampled foreground tokens; every token is assigned.
+2. Parts: spherical ``faiss.Kmeans`` (best of ``restarts`` runs from sklearn k-means++ seeds,
+   fixed seed, GPU with faiss-gpu) on the foreground tokens of a uniform sample of at most
+   ``max_points`` tokens; every token is then assigned to its most similar part.
 3. Descriptor of an image, D = 3P: ``[v_1..v_P, w v_1 x_1, w v_1 y_1, ..., w v_P x_P, w v_P y_P]``,
    v_p the share of the image's foreground patches in part p, (x_p, y_p) the mean patch
    centre (x right, y down; 0 where v_p < ``visibility_threshold``), normalised by default
