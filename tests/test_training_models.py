@@ -1,12 +1,21 @@
 """Models and objective: novel-view init, IVID condition noise, save/load, CFG dropout, loss."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from training.diffusion import (DiffusionConfig, class_labels_from_batch, diffusion_loss, drop_labels,
                                 make_ddpm_scheduler, model_inputs)
 from training.models import (NovelViewModel, build_model, init_novel_from_first_view, load_model,
                              tiny_config)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _cond(b=2, s=16, seed=0):
