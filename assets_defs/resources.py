@@ -98,6 +98,9 @@ class PoseConfig(dg.Config):
     outlier_percentile: float = _d("pose", "outlier_percentile", 95.0)
     all_foreground: bool = _d("pose", "all_foreground", False)
     restarts: int = _d("pose", "restarts", 5)
+    niter: int = _d("pose", "niter", 25)
+    location_frame: str = _d("pose", "location_frame", "object")
+    num_threads: Optional[int] = _d("pose", "num_threads")
 
 
 class ShardsConfig(dg.Config):

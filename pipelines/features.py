@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.models import Resolved, autocast_dtype, pick_device, resolve_weights
+from pipelines.models import Resolved, autocast_dtype, offline_unless_hub_reachable, pick_device, resolve_weights
 
 PATCH = 14
 """DINOv2 patch side in pixels; ``image_size`` must be a multiple of it."""
@@ -117,7 +117,8 @@ def load_dinov2(model_name: str, local_path: str | None, *, profile: str, image_
                                  img_size=image_size, **kw), None
 
     def hub(name: str):
-        return timm.create_model(name, pretrained=True, img_size=image_size), None
+        with offline_unless_hub_reachable():
+            return timm.create_model(name, pretrained=True, img_size=image_size), None
 
     def random():
         return timm.create_model(arch, pretrained=False, img_size=image_size, **TINY_ARCH), None

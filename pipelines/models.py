@@ -7,10 +7,11 @@ output is labelled :data:`RANDOM_WEIGHTS`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -127,3 +128,19 @@ def load_from_hub(load: Callable[..., Any], hub_id: str) -> Any:
         if not hub_reachable():
             raise OSError(f"{hub_id!r} is not in the local cache and the hub is unreachable") from cached_error
         return load(hub_id)
+
+
+@contextlib.contextmanager
+def offline_unless_hub_reachable() -> Iterator[None]:
+    """Within the block, huggingface_hub runs in offline mode (cache only) when the hub
+    is unreachable, so a missing checkpoint fails in milliseconds instead of after
+    huggingface_hub's retries. For loaders without a ``local_files_only`` flag (timm)."""
+    from huggingface_hub import constants
+
+    old = constants.HF_HUB_OFFLINE
+    if not old and not hub_reachable():
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old

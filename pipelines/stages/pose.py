@@ -43,7 +43,8 @@ def run_pose(root: Path, params: dict[str, Any]) -> StageReport:
             max_points=int(p["max_points"]), location_weight=float(p["location_weight"]),
             visibility_threshold=float(p["visibility_threshold"]),
             outlier_percentile=float(p["outlier_percentile"]), all_foreground=bool(p["all_foreground"]),
-            restarts=int(p["restarts"]))
+            restarts=int(p["restarts"]), niter=int(p.get("niter", 25)),
+            location_frame=str(p.get("location_frame", "object")), num_threads=p.get("num_threads"))
         k = int(res.centroids.shape[0])
         save_index(res, out / "centroids.faiss")
         sizes = np.bincount(res.labels, minlength=k).tolist()
