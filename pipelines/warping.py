@@ -120,26 +120,37 @@ def _col(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, 1, 1)
 
 
-def _lines(al, bo, be, dy0, sign):
-    """Per-triangle span bounds dx >= P + Q r (sign=+1) or dx <= P + Q r (sign=-1), 2 lines."""
-    big = torch.full_like(al[0], -1e30 * sign)
+def _span_lines(al, C, be):
+    """Per-triangle row-span bounds from the 3 edge constraints ``C_i + be_i r + al_i dx >= -eps``.
+
+    Returns two lower lines and two upper lines ``(P, Q)``: ``dx >= P + Q r`` (lower),
+    ``dx <= P + Q r`` (upper), with a non-binding line where an edge is not of that kind.
+    """
+    inf = torch.full_like(al[0], 1e30)
     zero = torch.zeros_like(al[0])
-    lines = []
+    PQ, pos, neg = [], [], []
     for i in range(3):
-        m = al[i] * sign > 0
-        a = torch.where(m, al[i], torch.ones_like(al[i]))
-        C = bo[i] + be[i] * dy0
-        lines.append((m, torch.where(m, (-_BARY_EPS - C) / a, big), torch.where(m, -be[i] / a, zero)))
-    first, last = (big, zero), (big, zero)
-    for m, P, Q in reversed(lines):
-        first = (torch.where(m, P, first[0]), torch.where(m, Q, first[1]))
-    for m, P, Q in lines:
-        last = (torch.where(m, P, last[0]), torch.where(m, Q, last[1]))
-    return first, last
+        safe = torch.where(al[i] == 0, torch.ones_like(al[i]), al[i])
+        PQ.append(((-_BARY_EPS - C[i]) / safe, -be[i] / safe))
+        pos.append(al[i] > 0)
+        neg.append(al[i] < 0)
+
+    def pick(order, masks, none):
+        P, Q = none, zero
+        for i in order:
+            P, Q = torch.where(masks[i], PQ[i][0], P), torch.where(masks[i], PQ[i][1], Q)
+        return P, Q
+    return (pick((2, 1, 0), pos, -inf), pick((0, 1, 2), pos, -inf),
+            pick((2, 1, 0), neg, inf), pick((0, 1, 2), neg, inf))
 
 
-def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, src_valid):
-    """Rasterise the RGBD mesh into the target view. Returns (image, depth, coverage, mask)."""
+@torch.no_grad()
+def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, src_valid,
+            flag_disc=True):
+    """Rasterise the RGBD mesh into the target view. Returns (image, depth, coverage, mask).
+
+    ``flag_disc=False`` draws discontinuity triangles with colour (IVID's forward pass).
+    """
     B, C, H, W = image.shape
     dev, f32, i64 = image.device, torch.float32, torch.long
     z = depth[:, 0].to(f32)
@@ -149,7 +160,7 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     # Vertex grid: pixel centres, plus an outer ring moved out by `padding` pixels at the
     # depth/colour of the edge pixel (IVID depth_to_mesh(padding=...)).
     u, v = torch.arange(W, device=dev, dtype=f32), torch.arange(H, device=dev, dtype=f32)
-    tj, ti = torch.arange(W, device=dev, dtype=f32), torch.arange(H, device=dev, dtype=f32)
+    tj, ti = u.clone(), v.clone()
     if padding > 0:
         p = float(padding)
         u = torch.cat([u.new_tensor([-p]), u, u.new_tensor([W - 1 + p])])
@@ -184,7 +195,7 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     geo = gv[0] & gv[1] & gv[2]
     zmax = torch.maximum(torch.maximum(zt[0], zt[1]), zt[2])
     zmin = torch.minimum(torch.minimum(zt[0], zt[1]), zt[2])
-    disc = ((zmax > zmin * (1.0 + thr)) & geo).reshape(B, Hv - 1, Wv - 1, 2)  # mask_discontinuity
+    disc = ((zmax > zmin * (1.0 + thr)) & geo & flag_disc).reshape(B, Hv - 1, Wv - 1, 2)
     d1, d2 = disc[..., 0], disc[..., 1]
     vflag = torch.zeros_like(gvalid)            # vertices of discontinuous triangles
     vflag[:, :-1, :-1] |= d1 | (d2 & ft)
@@ -192,14 +203,13 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     vflag[:, 1:, :-1] |= d2 | (d1 & ~ft)
     vflag[:, 1:, 1:] |= d2 | (d1 & ft)
     x, y = g(PX), g(PY)
-    area2 = (x[1] - x[0]) * (y[2] - y[0]) - (y[1] - y[0]) * (x[2] - x[0])
     xmin = torch.minimum(torch.minimum(x[0], x[1]), x[2])
     xmax = torch.maximum(torch.maximum(x[0], x[1]), x[2])
     ymin = torch.minimum(torch.minimum(y[0], y[1]), y[2])
     ymax = torch.maximum(torch.maximum(y[0], y[1]), y[2])
     Hs, Ws = Ht * ss, Wt * ss
-    keep = (geo & (area2.abs() > 1e-9) & (torch.ceil(xmin) <= torch.floor(xmax))
-            & (torch.ceil(ymin) <= torch.floor(ymax)) & (xmax >= 0) & (xmin <= Ws - 1)
+    xmin, xmax, ymin, ymax = torch.ceil(xmin), torch.floor(xmax), torch.ceil(ymin), torch.floor(ymax)
+    keep = (geo & (xmin <= xmax) & (ymin <= ymax) & (xmax >= 0) & (xmin <= Ws - 1)
             & (ymax >= 0) & (ymin <= Hs - 1))
     idx = keep.nonzero().squeeze(1)
     Tn = idx.numel()
@@ -209,89 +219,100 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
         return torch.zeros((B, C, Ht, Wt), device=dev), zimg, none, none
     sel = lambda t: t.index_select(0, idx)
     slots = [sel(s) for s in slots]
-    x, y, area2 = [sel(t) for t in x], [sel(t) for t in y], sel(area2)
+    x, y = [sel(t) for t in x], [sel(t) for t in y]
     xmin, xmax, ymin, ymax = sel(xmin), sel(xmax), sel(ymin), sel(ymax)
-    fl, cv, w = g(vflag), g(cvalid), g(iz)
-    colour = cv[0] & cv[1] & cv[2] & ~(fl[0] & fl[1] & fl[2]) & (area2 < 0)  # clockwise = front
+    w = g(iz)
+    code = g(cvalid.to(torch.uint8) | (vflag.to(torch.uint8) << 1))
+    code = code[0] & code[1] & code[2]          # bit0: all colour-valid, bit1: all flagged
     tu = g(tj.reshape(1, 1, -1).expand(B, Hv, Wv))
     tv = g(ti.reshape(1, -1, 1).expand(B, Hv, Wv))
 
-    # Barycentric planes relative to the integer origin (X0, Y0): b_i = bo + al dx + be dy.
-    X0, Y0 = torch.floor(xmin), torch.floor(ymin)
-    inv = 1.0 / area2
-    al = [(y[1] - y[2]) * inv, (y[2] - y[0]) * inv, (y[0] - y[1]) * inv]
-    be = [(x[2] - x[1]) * inv, (x[0] - x[2]) * inv, (x[1] - x[0]) * inv]
+    # Barycentric planes b_i = bo_i + al_i (X - X0) + be_i (Y - Y0), origin (X0, Y0) integer
+    # and near the triangle (well conditioned in float32).
+    X0, Y0 = torch.floor(torch.minimum(torch.minimum(x[0], x[1]), x[2])), torch.floor(
+        torch.minimum(torch.minimum(y[0], y[1]), y[2]))
+    ex = [x[2] - x[1], x[0] - x[2], x[1] - x[0]]
+    ey = [y[1] - y[2], y[2] - y[0], y[0] - y[1]]
+    area2 = ex[2] * (y[2] - y[0]) + ey[2] * (x[2] - x[0])
+    colour = (code == 1) & (area2 < 0) & (area2 != 0)   # clockwise = front-facing
+    inv = 1.0 / torch.where(area2 == 0, torch.ones_like(area2), area2)
+    al, be = [e * inv for e in ey], [e * inv for e in ex]
     ox, oy = X0 - x[0], Y0 - y[0]
-    bo = [1.0 + al[0] * ox + be[0] * oy, al[1] * ox + be[1] * oy, al[2] * ox + be[2] * oy]
-    plane = lambda val: [(c[0] * val[0] + c[1] * val[1]) + c[2] * val[2] for c in (bo, al, be)]
+    bo = [al[0] * ox + be[0] * oy + 1.0, al[1] * ox + be[1] * oy, al[2] * ox + be[2] * oy]
+    plane = lambda val: [(k[0] * val[0] + k[1] * val[1]) + k[2] * val[2] for k in (bo, al, be)]
     izp = plane(w)
     up = plane([w[i] * tu[i] for i in range(3)])
     vp = plane([w[i] * tv[i] for i in range(3)])
-    ylo = torch.clamp(torch.ceil(ymin), min=0)
-    yhi = torch.clamp(torch.floor(ymax), max=Hs - 1)
-    dy0 = ylo - Y0
-    xlo = torch.clamp(torch.ceil(xmin), min=0) - X0
-    xhi = torch.clamp(torch.floor(xmax), max=Ws - 1) - X0
-    (La, Lb), (Ra, Rb) = _lines(al, bo, be, dy0, 1.0), _lines(al, bo, be, dy0, -1.0)
+    up[0] = up[0] - up[1] * X0 - up[2] * Y0     # texture planes in absolute sub-pixel coords
+    vp[0] = vp[0] - vp[1] * X0 - vp[2] * Y0
+    dy0 = ymin - Y0
+    La, Lb, Ra, Rb = _span_lines(al, [bo[i] + be[i] * dy0 for i in range(3)], be)
     bidx = torch.div(idx, (Hv - 1) * (Wv - 1) * 2, rounding_mode="floor")
-    pix0 = (bidx * Hs + ylo.long()) * Ws + X0.long()
+    pix0 = (bidx * Hs + ymin.long()) * Ws + X0.long()
     iz0 = izp[0] + izp[2] * dy0
 
     # Rows: one per (triangle, sub-pixel row) -> span [lo, hi] of sub-pixel columns.
-    nrow = (yhi - ylo + 1).long()
-    rt = torch.repeat_interleave(torch.arange(Tn, device=dev), nrow)
+    # (int32 gather indices: half the memory traffic of int64.)
+    i32 = torch.int32
+    nrow = (torch.clamp(ymax, max=Hs - 1) - torch.clamp(ymin, min=0) + 1).to(i32)
+    rt = torch.repeat_interleave(torch.arange(Tn, device=dev, dtype=i32), nrow)
     G = lambda t: t.index_select(0, rt)
-    r = torch.arange(rt.numel(), device=dev) - G(torch.cumsum(nrow, 0) - nrow)
+    r = torch.arange(rt.numel(), device=dev, dtype=i32) - G((torch.cumsum(nrow, 0) - nrow).to(i32)
+                                                           - torch.clamp(-ymin, min=0).to(i32))
     rf = r.to(f32)
-    lo = torch.ceil(torch.maximum(G(La[0]) + G(La[1]) * rf, G(Lb[0]) + G(Lb[1]) * rf))
-    hi = torch.floor(torch.minimum(G(Ra[0]) + G(Ra[1]) * rf, G(Rb[0]) + G(Rb[1]) * rf))
-    lo, hi = torch.maximum(lo, G(xlo)), torch.minimum(hi, G(xhi))
-    n = torch.clamp(hi - lo + 1, min=0).long()
-    r_iz = (G(iz0) + G(izp[2]) * rf) + G(izp[1]) * lo
-    r_pix = G(pix0) + r * Ws + lo.long()
+    lo = torch.maximum(G(La[1]).mul_(rf).add_(G(La[0])), G(Lb[1]).mul_(rf).add_(G(Lb[0]))).ceil_()
+    hi = torch.minimum(G(Ra[1]).mul_(rf).add_(G(Ra[0])), G(Rb[1]).mul_(rf).add_(G(Rb[0]))).floor_()
+    lo = torch.maximum(lo, G(torch.clamp(xmin, min=0) - X0))
+    hi = torch.minimum(hi, G(torch.clamp(xmax, max=Ws - 1) - X0))
+    n = (hi - lo + 1).clamp_(min=0).to(i32)
+    r_ia = G(izp[1])
+    r_iz = G(izp[2]).mul_(rf).add_(G(iz0)).add_(r_ia * lo)
+    r_pix = G(pix0).add_(r.to(i64) * Ws).add_(lo.to(i64))
     # Candidates: one per (row, sub-pixel); z-test by an atomic max of (1/z bits, -index).
-    cr = torch.repeat_interleave(torch.arange(rt.numel(), device=dev), n)
+    cr = torch.repeat_interleave(torch.arange(rt.numel(), device=dev, dtype=i32), n)
     Gc = lambda t: t.index_select(0, cr)
-    dx = torch.arange(cr.numel(), device=dev) - Gc(torch.cumsum(n, 0) - n)
-    inv_z = torch.clamp(Gc(r_iz) + Gc(G(izp[1])) * dx.to(f32), min=1e-30)
-    key = (inv_z.view(torch.int32).to(i64) << _ID_BITS) | Gc(_ID_MASK - rt)
+    dx = torch.arange(cr.numel(), device=dev, dtype=i32) - Gc((torch.cumsum(n, 0) - n).to(i32))
+    inv_z = Gc(r_ia).mul_(dx.to(f32)).add_(Gc(r_iz)).clamp_(min=1e-30)
+    key = (inv_z.view(i32).to(i64) << _ID_BITS).bitwise_or_(Gc(_ID_MASK - rt.to(i64)))
     buf = torch.full((B * Hs * Ws,), -1, dtype=i64, device=dev)
-    buf.scatter_reduce_(0, Gc(r_pix) + dx, key, reduce="amax", include_self=True)
+    buf.scatter_reduce_(0, Gc(r_pix).add_(dx), key, reduce="amax", include_self=True)
 
     # Resolve: winning triangle -> perspective-correct nearest source pixel, depth.
     hit = buf >= 0
-    wid = torch.where(hit, _ID_MASK - (buf & _ID_MASK), torch.zeros_like(buf))
-    inv_z = torch.where(hit, (buf >> _ID_BITS).to(torch.int32).view(f32), torch.ones((), device=dev))
-    A = lambda t: t.index_select(0, wid)
-    gy, gx = torch.meshgrid(torch.arange(Hs, device=dev, dtype=f32),
-                            torch.arange(Ws, device=dev, dtype=f32), indexing="ij")
-    sx = (gx.reshape(1, -1) - A(X0).reshape(B, -1)).reshape(-1)
-    sy = (gy.reshape(1, -1) - A(Y0).reshape(B, -1)).reshape(-1)
-    su = ((A(up[0]) + A(up[1]) * sx) + A(up[2]) * sy) / inv_z
-    sv = ((A(vp[0]) + A(vp[1]) * sx) + A(vp[2]) * sy) / inv_z
-    su = torch.clamp(torch.floor(su + 0.5), 0, W - 1).to(i64)
-    sv = torch.clamp(torch.floor(sv + 0.5), 0, H - 1).to(i64)
-    coloured = hit & A(colour)
-    boff = (torch.arange(B, device=dev) * (H * W)).reshape(B, 1)
-    src = (boff + (sv * W + su).reshape(B, -1)).reshape(-1)
+    wid = (_ID_MASK - (buf & _ID_MASK)).to(i32)  # -1 (empty) decodes to index 0, masked below
+    inv_z = torch.where(hit, buf >> _ID_BITS, 0x3F800000).to(i32).view(f32)
+    A = lambda t: t.index_select(0, wid).reshape(B, Hs * Ws)
+    gx = torch.arange(Ws, device=dev, dtype=f32).repeat(Hs)
+    gy = torch.arange(Hs, device=dev, dtype=f32).repeat_interleave(Ws)
+    izr = inv_z.reshape(B, Hs * Ws)
+    su = A(up[1]).mul_(gx).add_(A(up[0])).add_(A(up[2]).mul_(gy)).div_(izr).round_().clamp_(0, W - 1)
+    sv = A(vp[1]).mul_(gx).add_(A(vp[0])).add_(A(vp[2]).mul_(gy)).div_(izr).round_().clamp_(0, H - 1)
+    coloured = hit & A(colour).reshape(-1)
+    boff = torch.arange(B, device=dev, dtype=i32).reshape(B, 1) * (H * W)
+    src = sv.to(i32).mul_(W).add_(su.to(i32)).add_(boff).reshape(-1)
     chans = image.to(f32).permute(1, 0, 2, 3).reshape(C, -1)
     cf = coloured.to(f32)
-    rgb = [chans[k].index_select(0, src) * cf for k in range(C)]
-    zsub = torch.where(hit, 1.0 / inv_z, torch.full_like(inv_z, float("inf")))
+    planes = torch.empty((C + 1, B * Hs * Ws), device=dev)
+    for k in range(C):
+        torch.index_select(chans[k], 0, src, out=planes[k]).mul_(cf)
+    planes[C] = cf
+    zsub = torch.where(hit, 1.0 / inv_z, float("inf"))
 
-    # Downsample ss x ss -> 1: fixed-order sums (bit-identical whatever the batch).
-    def box(t):
-        t = t.reshape(B, Ht, ss, Wt, ss)
-        acc = t[:, :, 0, :, 0]
-        for k in range(1, ss * ss):
-            acc = acc + t[:, :, k // ss, :, k % ss]
-        return acc
-    cnt = box(coloured.to(torch.int32))
-    den = torch.clamp(cnt, min=1).to(f32)
-    out = torch.stack([box(t) / den for t in rgb], 1)
+    # Downsample ss x ss -> 1: fixed-order sums over columns, then rows (batch independent).
+    t = planes.reshape(C + 1, B * Hs * Wt, ss)
+    acc = t[..., 0].clone()
+    for k in range(1, ss):
+        acc += t[..., k]
+    t = acc.reshape(C + 1, B * Ht, ss, Wt)
+    acc = t[:, :, 0].clone()
+    for k in range(1, ss):
+        acc += t[:, :, k]
+    acc = acc.reshape(C + 1, B, Ht, Wt).transpose(0, 1)
+    cnt = acc[:, C:].round()
+    out = (acc[:, :C] / torch.clamp(cnt, min=1.0)).contiguous()
     off = (ss - 1) // 2
     zout = zsub.reshape(B, Ht, ss, Wt, ss)[:, :, off, :, off][:, None].contiguous()
-    covered = (cnt >= min_cov)[:, None]
+    covered = cnt >= min_cov
     mask = covered & torch.isfinite(zout) & ~depth_edge(zout, thr)
     return out, zout, covered, mask
 
@@ -377,12 +398,14 @@ def forward_backward_warp(image: torch.Tensor, depth: torch.Tensor, K: torch.Ten
     """IVID's condition: warp to the novel view, warp the result back (``forward_backward_warp``
     in ``rgbd_3d/utils.py``; paper Sec. 3.2). No augmentation happens here.
 
-    Forward pass: the source mesh (padded by ``padding`` pixels) rendered into the novel
-    view gives an RGBD image with its coverage. Backward pass: that RGBD image, as a mesh
-    whose uncovered pixels occlude but give no colour, rendered back into the source view;
-    the discontinuity, coverage and depth-edge rules then give the mask. IVID pads by the
-    image size; a few pixels give the same result at the border at a fraction of the cost
-    (only the half-pixel frame of the source image depends on it).
+    Forward pass (IVID: ``depth_to_mesh(atol=None)``): the source mesh, padded by
+    ``padding`` pixels, rendered into the novel view with *every* front-facing triangle
+    drawing colour (stretched discontinuities included), gives an RGBD image and its
+    sub-pixel coverage. Backward pass: that RGBD image as a mesh -- discontinuity
+    triangles and pixels below ``min_coverage`` occlude without colour -- rendered back
+    into the source view; the coverage and depth-edge rules give the mask. IVID pads by
+    the image size; a few pixels give the same result (only the source's half-pixel frame
+    depends on it) at a fraction of the cost.
 
     Args:
         image: float [B, C, H, W]; depth: float [B, 1, H, W] z-depth (invalid: non-finite
@@ -406,7 +429,7 @@ def forward_backward_warp(image: torch.Tensor, depth: torch.Tensor, K: torch.Ten
     if ss < 1 or not 1 <= fw_mc <= ss * ss or edge_threshold < 0 or padding < 0:
         raise ValueError("bad supersample / min_coverage / edge_threshold / padding")
     img1, z1, cov1, _ = _render(image, depth, K, K, T, H, W, ss, fw_mc, float(edge_threshold),
-                                float(padding), None)
+                                float(padding), None, flag_disc=False)
     back = forward_warp(img1, z1, K, K, invert_rigid(T.to(torch.float64)), src_mask=cov1, **kw)
     mask = back.mask
     cond_depth = torch.where(mask, back.depth, torch.full_like(back.depth, float("inf")))
