@@ -28,16 +28,13 @@ chunk, and keeps only the token sample, [N, D] descriptors and [N, h, w] int8 pa
 from __future__ import annotations
 
 import contextlib
-import io
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import faiss
 import numpy as np
 
-from pipelines.storage import atomic_path
 
 Chunk = tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]
 """(patch [n, h, w, C] float, flipped patch [n, h, w, C] or None, foreground bool [n, h, w] or None)."""
@@ -433,70 +430,3 @@ def cluster_poses(patch_features: np.ndarray, *, num_parts: int = 8, num_poses: 
 
     return cluster_poses_streaming(chunks, num_parts=num_parts, num_poses=num_poses, seed=seed,
                                    use_gpu=use_gpu, **kwargs)
-
-
-def save_index(result: PoseClustering, path: str | Path) -> Path:
-    """Write the pose centroids as a ``faiss.IndexFlatL2`` file, atomically (temp + os.replace).
-
-    ``faiss.read_index(path).search(descriptors, 1)`` then assigns new images to poses.
-    """
-    index = faiss.IndexFlatL2(result.centroids.shape[1])
-    index.add(np.ascontiguousarray(result.centroids, dtype=np.float32))
-    with atomic_path(path) as tmp:
-        faiss.write_index(index, str(tmp))
-    return Path(path)
-
-
-def silhouette(result: PoseClustering, *, sample_size: int = 10_000, seed: int = 0) -> float:
-    """Silhouette score (sklearn, Euclidean) of the descriptors, in [-1, 1].
-
-    Computed on a seeded random subset of ``sample_size`` images when N is larger; NaN
-    when there are fewer than 2 poses or fewer images than poses + 1.
-    """
-    from sklearn.metrics import silhouette_score
-    n, k = len(result.labels), len(np.unique(result.labels))
-    if k < 2 or n <= k:
-        return float("nan")
-    return float(silhouette_score(result.descriptors, result.labels, random_state=seed,
-                                  sample_size=sample_size if n > sample_size else None))
-
-
-def montage_members(labels: np.ndarray, order: np.ndarray, per_pose: int = 4,
-                    distances: np.ndarray | None = None) -> np.ndarray:
-    """Indices int64 [K, per_pose] (-1 = none) of the members shown per pose, rows in ``order``.
-
-    The closest to the centroid when ``distances`` is given, else the first members.
-    """
-    labels = np.asarray(labels)
-    rank = np.argsort(distances, kind="stable") if distances is not None else np.arange(len(labels))
-    out = np.full((len(order), per_pose), -1, np.int64)
-    for r, k in enumerate(order):
-        m = rank[labels[rank] == k][:per_pose]
-        out[r, :len(m)] = m
-    return out
-
-
-def montage(images: np.ndarray, labels: np.ndarray, order: np.ndarray, per_pose: int = 4, *,
-            distances: np.ndarray | None = None, tile: int = 96) -> bytes:
-    """PNG bytes of a grid: one row per pose (in ``order``), ``per_pose`` members each.
-
-    Args:
-        images: uint8 [N, H, W, 3]; labels int [N]; order int [K] (see PoseClustering).
-        distances: optional [N]; picks the members closest to their centroid.
-        tile: side in pixels of each resized member (Pillow, LANCZOS).
-    """
-    from PIL import Image, ImageDraw
-    idx = montage_members(labels, order, per_pose, distances)
-    pad, lab = 2, 64
-    sheet = Image.new("RGB", (lab + per_pose * (tile + pad), max(1, len(order)) * (tile + pad)), (40, 40, 40))
-    draw = ImageDraw.Draw(sheet)
-    counts = np.bincount(np.asarray(labels), minlength=max(order, default=0) + 1)
-    for r, k in enumerate(order):
-        draw.text((4, r * (tile + pad) + tile // 2 - 6), f"pose {k}\n({counts[k]})", fill=(230, 230, 230))
-        for c, i in enumerate(idx[r]):
-            if i >= 0:
-                im = Image.fromarray(np.asarray(images[i], np.uint8)).resize((tile, tile), Image.LANCZOS)
-                sheet.paste(im, (lab + c * (tile + pad), r * (tile + pad)))
-    buf = io.BytesIO()
-    sheet.save(buf, format="PNG")
-    return buf.getvalue()

@@ -16,8 +16,8 @@ import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
 from pipelines.pose_clustering import (PoseClustering, cluster_descriptors, cluster_poses,
-                                       cluster_poses_streaming, cycle_order, montage, save_index,
-                                       silhouette)
+                                       cluster_poses_streaming, cycle_order)
+from pipelines.pose_report import montage, save_index, silhouette
 
 SPHERES = [  # (centre (x lateral, y up, z forward), radius, part colour)
     ((0.0, 0.0, 0.0), 0.50, 0), ((0.0, 0.25, 0.70), 0.30, 1), ((0.0, 0.10, -0.75), 0.22, 2),

@@ -25,7 +25,8 @@ STAGE = "pose_clusters"
 def run_pose(root: Path, params: dict[str, Any]) -> StageReport:
     """Cluster every featurised image into poses; writes ``pose_clusters/index.parquet``
     (key, pose, distance, is_outlier), ``centroids.faiss``, ``summary.json`` and a montage."""
-    from pipelines.pose_clustering import cluster_poses_streaming, montage, save_index, silhouette
+    from pipelines.pose_clustering import cluster_poses_streaming
+    from pipelines.pose_report import montage, save_index, silhouette
 
     keys, fstore, finfo = open_features(root)
     p = dict(params["pose"])
@@ -61,17 +62,11 @@ def run_pose(root: Path, params: dict[str, Any]) -> StageReport:
                 "code_version": CODE_VERSION, "params": p, "seed": seed, "num_poses_used": k,
                 "upstream": {"dinov2_features": finfo["version"]}}
         dv = write_index(root, STAGE, index, info)
-    previews = {}
     _, img_store, _ = open_images(root)
-    pick = []
-    for pose in res.order:
-        members = [i for i in np.argsort(res.distances) if res.labels[i] == pose][:4]
-        pick.extend(members)
-    if pick:
-        imgs = load_images(img_store, [keys[i] for i in pick])
-        png = montage(imgs, res.labels[pick], res.order, per_pose=4)
-        write_bytes_atomic(out / "montage.png", png)
-        previews["poses"] = png
+    png = montage(lambda idx: load_images(img_store, [keys[i] for i in idx]), res.labels, res.order,
+                  per_pose=4, distances=res.distances)
+    write_bytes_atomic(out / "montage.png", png)
+    previews = {"poses": png}
     return StageReport(STAGE, info["version"], dv, computed=len(keys), seconds=t.seconds, previews=previews,
                        metadata={**{k_: v for k_, v in summary.items() if k_ != "order"},
                                  "weights": finfo.get("weights_origin"), "samples": len(keys)})
