@@ -161,3 +161,25 @@ def test_cli_train_sample_and_pipes_standalone(shards, tmp_path):
     d = np.load(tmp_path / "vs" / "samples.npz")
     assert d["rgb"].shape == (1, 2, 16, 16, 3) and d["w2c"].shape == (2, 4, 4)
     assert (tmp_path / "vs" / "rgb_0000.png").is_file()
+
+
+def test_pipes_entry_under_dagster(shards, tmp_path):
+    dg = pytest.importorskip("dagster")
+    messages = []
+
+    @dg.asset(name="trained_models_test", required_resource_keys={"pipes"})
+    def trained(context):
+        inv = context.resources.pipes.run(command=[PY, "-m", "training.pipes_entry"], context=context,
+                        extras={"config": "tiny", "shards": str(shards), "out": str(tmp_path / "run"),
+                                "overrides": ["train.max_steps=2", "train.log_every=1"]},
+                        env={"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)})
+        messages.extend(inv.get_custom_messages())
+        return inv.get_materialize_result()
+
+    res = dg.materialize([trained], resources={"pipes": dg.PipesSubprocessClient(cwd=str(REPO))},
+                         instance=dg.DagsterInstance.ephemeral())
+    assert res.success
+    meta = res.asset_materializations_for_node("trained_models_test")[0].metadata
+    assert meta["steps"].value == 2 and meta["samples_per_s"].value > 0 and meta["final_loss"].value > 0
+    assert [m["step"] for m in messages if m.get("kind") == "training_progress"] == [1, 2]
+    assert latest_checkpoint(tmp_path / "run").name == "step_00000002"
