@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.models import RANDOM_WEIGHTS, pick_device, resolve_weights
+from pipelines.models import RANDOM_WEIGHTS, WeightsUnavailableError, pick_device, resolve_weights
 from pipelines.storage import atomic_path
 
 INCEPTION_NAME = "inception-v3-compat-pool3-2048"
@@ -157,10 +157,18 @@ def load_inception(weights_path: str | None, *, profile: str,
             raise OSError(f"{cached} not in the torch hub cache and {url} is unreachable")
         return _inception(None), None
 
-    res = resolve_weights(local=weights_path, hub_id=FID_WEIGHTS_URL,
-                          param_local="eval.feature_extractor_weights_path", param_hub="(torch-fidelity URL)",
-                          load_local=lambda p: (_inception(p), None), load_hub=hub,
-                          make_random=lambda: (random_inception(0), None), profile=profile)
+    try:
+        res = resolve_weights(local=weights_path, hub_id=FID_WEIGHTS_URL,
+                              param_local="eval.feature_extractor_weights_path", param_hub="(torch-fidelity URL)",
+                              load_local=lambda p: (_inception(p), None), load_hub=hub,
+                              make_random=lambda: (random_inception(0), None), profile=profile)
+    except WeightsUnavailableError as e:
+        name = FID_WEIGHTS_URL.rsplit("/", 1)[1]
+        raise WeightsUnavailableError(
+            f"FID Inception weights unavailable. Set `eval.feature_extractor_weights_path` in params.yaml to "
+            f"the torch-fidelity file {name} (from {FID_WEIGHTS_URL}), or put it in the torch hub cache "
+            f"({Path(torch.hub.get_dir()) / 'checkpoints'}). Only profiles demo/smoke may use random weights. "
+            f"Details: {e}") from e
     dev = pick_device(device)
     model = res.model.to(dev).eval()
     return FeatureExtractor(INCEPTION_NAME, res.origin, _params_hash(model), 2048, model, dev)
@@ -297,7 +305,7 @@ def real_features_cached(cache_dir: str | Path, *, dataset_version: str, split: 
             info = json.loads(str(z["info"]))
             if info.get("key") == key:
                 return z["features"].astype(np.float64), info, True
-    feats = np.asarray(compute(), np.float64)
+    feats = np.asarray(compute(), np.float32).astype(np.float64)  # what a cache hit returns
     info = {"key": key, "count": int(len(feats)), "dim": int(feats.shape[1]) if feats.ndim == 2 else 0}
     buf = io.BytesIO()
     np.savez(buf, features=feats.astype(np.float32), info=np.array(json.dumps(info, sort_keys=True)))

@@ -86,7 +86,7 @@ def to_eval_uint8(images: torch.Tensor | np.ndarray, size: int) -> torch.Tensor:
     out = torch.empty((u8.shape[0], 3, size, size), dtype=torch.uint8)
     for i, img in enumerate(u8.permute(0, 2, 3, 1).numpy()):
         pil = center_crop_resize(Image.fromarray(np.ascontiguousarray(img)), size)
-        out[i] = torch.from_numpy(np.asarray(pil)).permute(2, 0, 1)
+        out[i] = torch.from_numpy(np.array(pil)).permute(2, 0, 1)
     return out
 
 

@@ -196,7 +196,8 @@ def write_report(results: Sequence[ProtocolResult], out_dir: str | Path, *, head
 
     Returns:
         ``{"paths": {name: Path}, "metrics": flat metrics dict, "images": {name: PNG bytes},
-        "markdown": Markdown with embedded images (for Dagster metadata), "random": bool}``.
+        "markdown": the report's Markdown without images (for Dagster metadata; show
+        ``images`` beside it), "random": bool}``.
     """
     out = Path(out_dir)
     images = {f"{r.name}_grid": png_bytes(r.grid) for r in results if r.grid is not None}
@@ -217,8 +218,8 @@ def write_report(results: Sequence[ProtocolResult], out_dir: str | Path, *, head
                                        for m in r.metrics]} for r in results]}
     paths["report.json"] = write_json_atomic(out / "report.json", json.loads(json.dumps(prov, default=str)))
     md_files, page = render(results, header, notes, images, embed=False, title=title)
-    md_embedded, _ = render(results, header, notes, images, embed=True, title=title)
+    md_tables, _ = render(results, header, notes, {}, embed=True, title=title)
     paths["report.md"] = write_bytes_atomic(out / "report.md", md_files.encode())
     paths["report.html"] = write_bytes_atomic(out / "report.html", page.encode())
-    return {"paths": paths, "metrics": flat, "images": images, "markdown": md_embedded,
+    return {"paths": paths, "metrics": flat, "images": images, "markdown": md_tables,
             "random": is_random(results, header)}

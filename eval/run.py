@@ -39,7 +39,7 @@ ALL_PROTOCOLS = ("generation", "novel_view", "view_sweep")
 DEFAULTS: dict[str, Any] = {
     "split": "test", "resolution": 128, "protocols": list(ALL_PROTOCOLS), "num_samples": 10000,
     "max_real": None, "num_pairs": 1000, "sweep_viewsets": 100, "batch_size": 32, "sweep_batch_size": 4,
-    "seed": 0, "ddim_steps": 50, "guidance_scale": 1.0, "kid_subsets": 100, "kid_subset_size": 1000,
+    "sweep_yaws": None, "sweep_pitches": None, "seed": 0, "ddim_steps": 50, "guidance_scale": 1.0, "kid_subsets": 100, "kid_subset_size": 1000,
     "feature_extractor_weights_path": None, "fd_dinov2": True, "dinov2_model": None, "dinov2_local_path": None,
     "dinov2_image_size": 224, "lpips_net": "alex", "lpips_weights_path": None,
     "first_view_model": "first_view", "novel_view_model": "novel_view", "weights": "ema",
@@ -128,7 +128,7 @@ def run_eval_reports(root: str | Path, params: dict[str, Any], *, models_dir: st
 
     Returns:
         :class:`~pipelines.stages.common.StageReport`: ``metadata`` holds the flat metrics,
-        ``report_dir``, ``report_html``, ``report_markdown`` (images embedded), ``weights``
+        ``report_dir``, ``report_html``, ``report_markdown`` (tables, no images), ``weights``
         (``RANDOM_WEIGHTS`` when any network is random); ``previews`` the grids and plots.
 
     Raises:
@@ -208,6 +208,8 @@ def run_eval_reports(root: str | Path, params: dict[str, Any], *, models_dir: st
     if "view_sweep" in protos:
         results.append(P.view_sweep(viewsets, real, inception=ex["inception"], num_viewsets=int(p["sweep_viewsets"]),
                                     resolution=int(p["resolution"]), batch_size=int(p["sweep_batch_size"]),
+                                    yaws=tuple(p["sweep_yaws"] or P.IVID_YAWS),
+                                    pitches=tuple(p["sweep_pitches"] or P.IVID_PITCHES),
                                     seed=int(p["seed"]), model_info={
                                         "model": f"{first_info['model']} + {novel_info['model']}",
                                         "model_hash": f"{first_info['model_hash']}+{novel_info['model_hash']}",
