@@ -208,7 +208,9 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     ymin = torch.minimum(torch.minimum(y[0], y[1]), y[2])
     ymax = torch.maximum(torch.maximum(y[0], y[1]), y[2])
     Hs, Ws = Ht * ss, Wt * ss
-    xmin, xmax, ymin, ymax = torch.ceil(xmin), torch.floor(xmax), torch.ceil(ymin), torch.floor(ymax)
+    tol = 1e-3                                   # sub-pixels; the barycentric test decides
+    xmin, xmax = torch.ceil(xmin - tol), torch.floor(xmax + tol)
+    ymin, ymax = torch.ceil(ymin - tol), torch.floor(ymax + tol)
     keep = (geo & (xmin <= xmax) & (ymin <= ymax) & (xmax >= 0) & (xmin <= Ws - 1)
             & (ymax >= 0) & (ymin <= Hs - 1))
     idx = keep.nonzero().squeeze(1)
