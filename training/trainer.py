@@ -196,7 +196,9 @@ class Trainer:
 
     # ----------------------------------------------------------------- steps
     def _init_from(self, path: str) -> None:
+        """Weights from a model dir, a checkpoint (its ``ema/``) or a run dir (latest checkpoint)."""
         p = Path(path)
+        p = latest_checkpoint(p) or p
         src = load_model(p / "ema" if (p / "ema").is_dir() else p)
         if self.mcfg.kind == NOVEL_VIEW and src.config.kind != NOVEL_VIEW:
             init_novel_from_first_view(self.model, src.to(self.device))
@@ -307,7 +309,8 @@ class Trainer:
                 if self.step % t.ckpt_every == 0 or self.step == max_steps:
                     ckpt = self.save_checkpoint()
                     if main and self.callback:
-                        self.callback({**last, "event": "checkpoint", "path": str(ckpt)})
+                        self.callback({**last, "event": "checkpoint", "step": self.step, "max_steps": max_steps,
+                                       "path": str(ckpt)})
         finally:
             bar.close()
             if writer is not None:
@@ -381,6 +384,12 @@ class Trainer:
                 torch.cuda.set_rng_state(rng[self.rank]["cuda"], self.device)
         self.step = int(state["step"])
         self._data_states = state["data"]
+        saved = state.get("train", {})
+        changed = [k for k in ("batch_size", "grad_accum", "seed", "segment_steps", "resampled", "shuffle_buffer",
+                               "split", "num_workers") if k in saved and saved[k] != getattr(self.tcfg, k)]
+        if changed:
+            log.warning("resuming with changed %s: training continues, but not exactly as an uninterrupted run",
+                        changed)
         self.stream = None
         log.info("resumed from %s at step %d", p, self.step)
 
