@@ -34,6 +34,7 @@ import io
 import json
 import re
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -273,7 +274,9 @@ def kid_from_features(real: np.ndarray, fake: np.ndarray, *, subsets: int = 100,
     """
     from torchmetrics.image.kid import KernelInceptionDistance
     size = int(min(subset_size, len(real), len(fake)))
-    metric = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=size)
+    with warnings.catch_warnings():  # "KID saves all features": the features are already in memory
+        warnings.simplefilter("ignore", UserWarning)
+        metric = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=size)
     metric.update(torch.as_tensor(real, dtype=torch.float64), real=True)
     metric.update(torch.as_tensor(fake, dtype=torch.float64), real=False)
     with torch.random.fork_rng(devices=[]):

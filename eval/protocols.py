@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -162,10 +161,7 @@ def generation(sample_fn: SampleFn, real: RealImages, *, inception: M.FeatureExt
         info = {**base, **reals[k][1], **ex.describe()}
         if k == "fid":
             metrics.append(Metric("generation_fid", "FID", M.fid_from_features(r, f), False, info))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # torchmetrics: "KID saves all features"
-                mean, std, size = M.kid_from_features(r, f, subsets=kid_subsets, subset_size=kid_subset_size,
-                                                      seed=seed)
+            mean, std, size = M.kid_from_features(r, f, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
             kinfo = {**info, "kid_subsets": kid_subsets, "kid_subset_size": size}
             metrics += [Metric("generation_kid_mean", "KID (mean)", mean, False, kinfo),
                         Metric("generation_kid_std", "KID (std over subsets)", std, False, kinfo)]

@@ -39,7 +39,8 @@ ALL_PROTOCOLS = ("generation", "novel_view", "view_sweep")
 DEFAULTS: dict[str, Any] = {
     "split": "test", "resolution": 128, "protocols": list(ALL_PROTOCOLS), "num_samples": 10000,
     "max_real": None, "num_pairs": 1000, "sweep_viewsets": 100, "batch_size": 32, "sweep_batch_size": 4,
-    "sweep_yaws": None, "sweep_pitches": None, "seed": 0, "ddim_steps": 50, "guidance_scale": 1.0, "kid_subsets": 100, "kid_subset_size": 1000,
+    "sweep_yaws": None, "sweep_pitches": None, "seed": 0, "ddim_steps": 50, "guidance_scale": 1.0,
+    "kid_subsets": 100, "kid_subset_size": 1000,
     "feature_extractor_weights_path": None, "fd_dinov2": True, "dinov2_model": None, "dinov2_local_path": None,
     "dinov2_image_size": 224, "lpips_net": "alex", "lpips_weights_path": None,
     "first_view_model": "first_view", "novel_view_model": "novel_view", "weights": "ema",

@@ -29,7 +29,8 @@ def report(tmp_path_factory, tiny_dinov2_path):
     ex = M.load_dinov2_extractor("vit_small_patch14_dinov2", str(tiny_dinov2_path), profile="default",
                                  image_size=56, device="cpu")
     params = {"eval": {"split": "train", "resolution": 16, "num_samples": 4, "num_pairs": 4, "sweep_viewsets": 1,
-                       "ddim_steps": 1, "kid_subsets": 5, "sweep_yaws": [0.0, 0.3, -0.3], "sweep_pitches": [0.0, 0.15], "batch_size": 4, "lpips_weights_path": str(tmp / "none.pth")}}
+                       "ddim_steps": 1, "kid_subsets": 5, "sweep_yaws": [0.0, 0.3, -0.3], "sweep_pitches": [0.0, 0.15],
+                       "batch_size": 4, "lpips_weights_path": str(tmp / "none.pth")}}
     rep = run_eval_reports(tmp / "data", params, models_dir=tmp / "models", manifest=manifest,
                            out_dir=tmp / "report", profile="default", device="cpu",
                            extractors={"inception": ex, "dinov2": ex})
