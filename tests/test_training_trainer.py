@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from test_training_helpers import write_tiny_shards
-from training.diffusion import DiffusionConfig, diffusion_loss, make_ddpm_scheduler, model_inputs
+from training.diffusion import DiffusionConfig, diffusion_loss, model_inputs
 from training.models import load_model, tiny_config
 from training.trainer import TrainConfig, Trainer, latest_checkpoint
 
