@@ -37,8 +37,7 @@ import torch
 from pipelines.camera import invert_rigid
 
 _BARY_EPS = 1e-4       # inside test tolerance, barycentric units (closes cracks on shared edges)
-_ID_BITS = 31
-_ID_MASK = (1 << _ID_BITS) - 1
+_LITTLE = __import__("sys").byteorder == "little"
 
 
 @dataclass
@@ -68,6 +67,24 @@ class ConditionPair:
     cond_depth: torch.Tensor
     mask: torch.Tensor
     mask_rgb: torch.Tensor
+
+
+def tune_malloc(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 31) -> bool:
+    """Opt-in, process-wide: raise glibc's mmap and trim thresholds (``mallopt``).
+
+    The rasteriser allocates many large temporaries per call; with glibc's defaults freed
+    memory goes back to the OS and is page-faulted in again on the next call, which costs
+    about a third of the CPU time. With higher thresholds the process keeps (and reuses)
+    its peak heap instead. Same effect as ``MALLOC_MMAP_THRESHOLD_`` /
+    ``MALLOC_TRIM_THRESHOLD_`` in the environment. Returns False where glibc is absent.
+    """
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, int(mmap_threshold))) and bool(libc.mallopt(-1, int(trim_threshold)))
+    except (OSError, AttributeError):
+        return False
 
 
 def default_min_coverage(supersample: int) -> int:
@@ -160,7 +177,7 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     # Vertex grid: pixel centres, plus an outer ring moved out by `padding` pixels at the
     # depth/colour of the edge pixel (IVID depth_to_mesh(padding=...)).
     u, v = torch.arange(W, device=dev, dtype=f32), torch.arange(H, device=dev, dtype=f32)
-    tj, ti = u.clone(), v.clone()
+    tj, ti = torch.arange(W, device=dev, dtype=torch.int32), torch.arange(H, device=dev, dtype=torch.int32)
     if padding > 0:
         p = float(padding)
         u = torch.cat([u.new_tensor([-p]), u, u.new_tensor([W - 1 + p])])
@@ -222,12 +239,14 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     sel = lambda t: t.index_select(0, idx)
     slots = [sel(s) for s in slots]
     x, y = [sel(t) for t in x], [sel(t) for t in y]
-    xmin, xmax, ymin, ymax = sel(xmin), sel(xmax), sel(ymin), sel(ymax)
+    ymin, ymax = sel(ymin), sel(ymax)
     w = g(iz)
     code = g(cvalid.to(torch.uint8) | (vflag.to(torch.uint8) << 1))
     code = code[0] & code[1] & code[2]          # bit0: all colour-valid, bit1: all flagged
-    tu = g(tj.reshape(1, 1, -1).expand(B, Hv, Wv))
-    tv = g(ti.reshape(1, -1, 1).expand(B, Hv, Wv))
+    texel = (torch.arange(B, device=dev, dtype=torch.int32).reshape(B, 1, 1) * (H * W)
+             + ti.reshape(1, -1, 1) * W + tj.reshape(1, 1, -1))   # source pixel of each vertex
+    tex = g(texel)
+    ftt = sel(ft.unsqueeze(-1).expand(-1, -1, -1, 2).reshape(-1))
 
     # Barycentric planes b_i = bo_i + al_i (X - X0) + be_i (Y - Y0), origin (X0, Y0) integer
     # and near the triangle (well conditioned in float32).
@@ -243,15 +262,22 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     bo = [al[0] * ox + be[0] * oy + 1.0, al[1] * ox + be[1] * oy, al[2] * ox + be[2] * oy]
     plane = lambda val: [(k[0] * val[0] + k[1] * val[1]) + k[2] * val[2] for k in (bo, al, be)]
     izp = plane(w)
-    up = plane([w[i] * tu[i] for i in range(3)])
-    vp = plane([w[i] * tv[i] for i in range(3)])
-    up[0] = up[0] - up[1] * X0 - up[2] * Y0     # texture planes in absolute sub-pixel coords
-    vp[0] = vp[0] - vp[1] * X0 - vp[2] * Y0
+    # Nearest source pixel of the perspective-correct source position: a triangle's three
+    # vertices are three corners of a source-pixel quad, and rounding picks the vertex with
+    # perspective barycentric b_k w_k / (1/z) >= 1/2 among the two off the right angle (slot 2,
+    # and slot 1 or 0), else the right-angle vertex. Numerator planes b_k w_k, absolute coords.
+    def num(k):
+        c = [bo[k] * w[k], al[k] * w[k], be[k] * w[k]]
+        return [c[0] - c[1] * X0 - c[2] * Y0, c[1], c[2]]
+    nA, n0, n1 = num(2), num(0), num(1)
+    nB = [torch.where(ftt, n1[i], n0[i]) for i in range(3)]
+    tA, tB, tR = tex[2], torch.where(ftt, tex[1], tex[0]), torch.where(ftt, tex[0], tex[1])
     dy0 = ymin - Y0
-    La, Lb, Ra, Rb = _span_lines(al, [bo[i] + be[i] * dy0 for i in range(3)], be)
+    La, Lb, Ra, Rb = [(P + X0, Q) for P, Q in
+                      _span_lines(al, [bo[i] + be[i] * dy0 for i in range(3)], be)]   # absolute X
     bidx = torch.div(idx, (Hv - 1) * (Wv - 1) * 2, rounding_mode="floor")
-    pix0 = (bidx * Hs + ymin.long()) * Ws + X0.long()
-    iz0 = izp[0] + izp[2] * dy0
+    pix0 = (bidx * Hs + ymin.long()) * Ws
+    izA = (izp[0] + izp[2] * dy0) - izp[1] * X0  # 1/z at (X, row r) = izA + izp2 r + izp1 X
 
     # Rows: one per (triangle, sub-pixel row) -> span [lo, hi] of sub-pixel columns.
     # (int32 gather indices: half the memory traffic of int64.)
@@ -264,41 +290,45 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     rf = r.to(f32)
     lo = torch.maximum(G(La[1]).mul_(rf).add_(G(La[0])), G(Lb[1]).mul_(rf).add_(G(Lb[0]))).ceil_()
     hi = torch.minimum(G(Ra[1]).mul_(rf).add_(G(Ra[0])), G(Rb[1]).mul_(rf).add_(G(Rb[0]))).floor_()
-    lo = torch.maximum(lo, G(torch.clamp(xmin, min=0) - X0))
-    hi = torch.minimum(hi, G(torch.clamp(xmax, max=Ws - 1) - X0))
+    lo, hi = lo.clamp_(min=0), hi.clamp_(max=Ws - 1)
     n = (hi - lo + 1).clamp_(min=0).to(i32)
     r_ia = G(izp[1])
-    r_iz = G(izp[2]).mul_(rf).add_(G(iz0)).add_(r_ia * lo)
+    r_iz = G(izp[2]).mul_(rf).add_(G(izA)).add_(r_ia * lo)
     r_pix = G(pix0).add_(r.to(i64) * Ws).add_(lo.to(i64))
     # Candidates: one per (row, sub-pixel); z-test by an atomic max of (1/z bits, -index).
     cr = torch.repeat_interleave(torch.arange(rt.numel(), device=dev, dtype=i32), n)
     Gc = lambda t: t.index_select(0, cr)
     dx = torch.arange(cr.numel(), device=dev, dtype=i32) - Gc((torch.cumsum(n, 0) - n).to(i32))
     inv_z = Gc(r_ia).mul_(dx.to(f32)).add_(Gc(r_iz)).clamp_(min=1e-30)
-    key = (inv_z.view(i32).to(i64) << _ID_BITS).bitwise_or_(Gc(_ID_MASK - rt.to(i64)))
+    # int64 key = (bits of 1/z) * 2**32 + (2**32 - 1 - triangle): max = nearest, then lowest
+    # index; built and read as two int32 words (little-endian: low word first).
+    words = [Gc(~rt), inv_z.view(i32)]
+    key = torch.stack(words if _LITTLE else words[::-1], 1).view(i64).reshape(-1)
     buf = torch.full((B * Hs * Ws,), -1, dtype=i64, device=dev)
     buf.scatter_reduce_(0, Gc(r_pix).add_(dx), key, reduce="amax", include_self=True)
 
     # Resolve: winning triangle -> perspective-correct nearest source pixel, depth.
-    hit = buf >= 0
-    wid = (_ID_MASK - (buf & _ID_MASK)).to(i32)  # -1 (empty) decodes to index 0, masked below
-    inv_z = torch.where(hit, buf >> _ID_BITS, 0x3F800000).to(i32).view(f32)
+    bw = buf.view(i32).reshape(-1, 2)
+    lo_w, hi_w = (bw[:, 0], bw[:, 1]) if _LITTLE else (bw[:, 1], bw[:, 0])
+    wid = ~lo_w                                  # empty (-1) decodes to index 0, masked below
+    hit = hi_w >= 0
+    inv_z = torch.where(hit, hi_w, 0x3F800000).view(f32)
     A = lambda t: t.index_select(0, wid).reshape(B, Hs * Ws)
     gx = torch.arange(Ws, device=dev, dtype=f32).repeat(Hs)
     gy = torch.arange(Hs, device=dev, dtype=f32).repeat_interleave(Ws)
     izr = inv_z.reshape(B, Hs * Ws)
-    su = A(up[1]).mul_(gx).add_(A(up[0])).add_(A(up[2]).mul_(gy)).div_(izr).round_().clamp_(0, W - 1)
-    sv = A(vp[1]).mul_(gx).add_(A(vp[0])).add_(A(vp[2]).mul_(gy)).div_(izr).round_().clamp_(0, H - 1)
+    half = izr * 0.5
+    pick_a = A(nA[1]).mul_(gx).add_(A(nA[0])).add_(A(nA[2]).mul_(gy)) >= half
+    pick_b = A(nB[1]).mul_(gx).add_(A(nB[0])).add_(A(nB[2]).mul_(gy)) >= half
     coloured = hit & A(colour).reshape(-1)
-    boff = torch.arange(B, device=dev, dtype=i32).reshape(B, 1) * (H * W)
-    src = sv.to(i32).mul_(W).add_(su.to(i32)).add_(boff).reshape(-1)
-    chans = image.to(f32).permute(1, 0, 2, 3).reshape(C, -1)
-    cf = coloured.to(f32)
+    src = torch.where(pick_a, A(tA), torch.where(pick_b, A(tB), A(tR))).reshape(-1)
+    src = torch.where(coloured, src, B * H * W)  # uncoloured samples read a zero pixel
+    chans = torch.cat([image.to(f32).permute(1, 0, 2, 3).reshape(C, -1),
+                       torch.zeros((C, 1), device=dev)], 1)
     planes = torch.empty((C + 1, B * Hs * Ws), device=dev)
     for k in range(C):
-        torch.index_select(chans[k], 0, src, out=planes[k]).mul_(cf)
-    planes[C] = cf
-    zsub = torch.where(hit, 1.0 / inv_z, float("inf"))
+        torch.index_select(chans[k], 0, src, out=planes[k])
+    planes[C] = coloured
 
     # Downsample ss x ss -> 1: fixed-order sums over columns, then rows (batch independent).
     t = planes.reshape(C + 1, B * Hs * Wt, ss)
@@ -313,7 +343,9 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     cnt = acc[:, C:].round()
     out = (acc[:, :C] / torch.clamp(cnt, min=1.0)).contiguous()
     off = (ss - 1) // 2
-    zout = zsub.reshape(B, Ht, ss, Wt, ss)[:, :, off, :, off][:, None].contiguous()
+    zc = inv_z.reshape(B, Ht, ss, Wt, ss)[:, :, off, :, off]
+    hc = hit.reshape(B, Ht, ss, Wt, ss)[:, :, off, :, off]
+    zout = torch.where(hc, 1.0 / zc, float("inf"))[:, None].contiguous()
     covered = cnt >= min_cov
     mask = covered & torch.isfinite(zout) & ~depth_edge(zout, thr)
     return out, zout, covered, mask

@@ -1,0 +1,126 @@
+"""Benchmark of IVID forward-backward warping (pipelines.warping.forward_backward_warp).
+
+Prints pairs/s (a pair = one forward_backward_warp of one image) and peak memory at
+128x128 and 256x256, supersample 1 and 3, on CPU (1 and 2 intra-op threads) and on CUDA
+when available. Each case runs in a fresh
+subprocess; CPU peak memory is that process's peak RSS (``resource.getrusage`` maxrss)
+minus its RSS after building the inputs, CUDA peak memory is
+``torch.cuda.max_memory_allocated`` minus the inputs.
+
+    .venv/bin/python benchmarks/bench_warping.py [--batch 8] [--seconds 3] [--tune-malloc]
+
+``--tune-malloc`` raises glibc's mmap/trim thresholds first (see
+:func:`pipelines.warping.tune_malloc`), which avoids re-faulting freed memory on every call.
+Inputs are synthetic (smooth colour + detail, smooth depth with a nearer object), cameras
+are IVID's novel-camera distribution; nothing is downloaded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pipelines.camera import intrinsics_from_fov, sample_novel_camera  # noqa: E402
+from pipelines.depth_convention import disparity_to_depth  # noqa: E402
+from pipelines.warping import forward_backward_warp, tune_malloc  # noqa: E402
+
+
+def make_inputs(B: int, size: int, device: str):
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.interpolate(torch.rand(B, 3, 12, 12, generator=g), size=(size, size),
+                                          mode="bilinear") * 0.8 + 0.2 * torch.rand(B, 3, size, size, generator=g)
+    disp = 1.0 + 0.1 * torch.nn.functional.interpolate(torch.rand(B, 1, 3, 3, generator=g), size=(size, size),
+                                                       mode="bilinear")
+    disp[:, :, size // 4: size // 2, size // 3: 2 * size // 3] *= 1.8
+    depth = disparity_to_depth(disp)
+    T = torch.tensor(np.stack([sample_novel_camera(f"bench{b}", 0, 0).src_to_tgt for b in range(B)]),
+                     dtype=torch.float32)
+    K = torch.tensor(intrinsics_from_fov(45.0, size, size), dtype=torch.float32)
+    return [t.to(device) for t in (img, depth, K, T)]
+
+
+def maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # KiB on Linux
+
+
+def run_case(device: str, size: int, ss: int, B: int, seconds: float) -> tuple[float, float]:
+    img, depth, K, T = make_inputs(B, size, device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    forward_backward_warp(img, depth, K, T, supersample=ss)          # warm-up
+    sync()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    rss0 = maxrss_mib()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        forward_backward_warp(img, depth, K, T, supersample=ss)
+        sync()
+        n += 1
+        if time.perf_counter() - t0 >= seconds and n >= 3:
+            break
+    dt = time.perf_counter() - t0
+    if device == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    else:
+        peak = maxrss_mib() - rss0
+    return n * B / dt, peak
+
+
+def child(spec: str) -> None:
+    device, threads, size, ss, B, seconds, tune = spec.split(",")
+    if tune == "1":
+        tune_malloc()
+    if device == "cpu":
+        torch.set_num_threads(int(threads))
+    rate, peak = run_case(device, int(size), int(ss), int(B), float(seconds))
+    print(json.dumps({"rate": rate, "peak": peak}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=8, help="images per forward_backward_warp call (CPU)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per case")
+    ap.add_argument("--tune-malloc", action="store_true", help="call pipelines.warping.tune_malloc() first")
+    ap.add_argument("--threads", default="1,2", help="CPU intra-op thread counts to try")
+    ap.add_argument("--no-cpu", action="store_true")
+    ap.add_argument("--case", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.case:
+        return child(args.case)
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
+          f"tune_malloc {args.tune_malloc}")
+    rows = []
+    cases = [] if args.no_cpu else [("cpu", int(t)) for t in args.threads.split(",")]
+    if torch.cuda.is_available():
+        cases.append(("cuda", 0))
+    for device, threads in cases:
+        name = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {threads} thread(s)"
+        B = args.batch if device == "cpu" else max(args.batch, 64)
+        for size in (128, 256):
+            for ss in (1, 3):
+                spec = f"{device},{threads},{size},{ss},{B},{args.seconds},{int(args.tune_malloc)}"
+                out = subprocess.run([sys.executable, __file__, "--case", spec], capture_output=True,
+                                     text=True, check=True)
+                res = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append((name, size, ss, B, res["rate"], res["peak"]))
+                print(f"  {name:24s} {size:4d}px ss={ss}: {res['rate']:8.1f} pairs/s, "
+                      f"peak {res['peak']:7.1f} MiB", flush=True)
+    print()
+    print("| device | size | supersample | batch | pairs/s | peak memory (MiB) |")
+    print("|---|---|---|---|---|---|")
+    for name, size, ss, B, rate, peak in rows:
+        print(f"| {name} | {size}x{size} | {ss} | {B} | {rate:.1f} | {peak:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
