@@ -10,7 +10,7 @@ minus its RSS after building the inputs, CUDA peak memory is
     .venv/bin/python benchmarks/bench_warping.py [--batch 8] [--seconds 3] [--tune-malloc]
 
 ``--tune-malloc`` raises glibc's mmap/trim thresholds first (see
-:func:`pipelines.warping.tune_malloc`), which avoids re-faulting freed memory on every call.
+:func:`pipelines.pairs.tune_malloc`), which avoids re-faulting freed memory on every call.
 Inputs are synthetic (smooth colour + detail, smooth depth with a nearer object), cameras
 are IVID's novel-camera distribution; nothing is downloaded.
 """
@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipelines.camera import intrinsics_from_fov, sample_novel_camera  # noqa: E402
 from pipelines.depth_convention import disparity_to_depth  # noqa: E402
-from pipelines.warping import forward_backward_warp, tune_malloc  # noqa: E402
+from pipelines.pairs import tune_malloc  # noqa: E402
+from pipelines.warping import forward_backward_warp  # noqa: E402
 
 
 def make_inputs(B: int, size: int, device: str):
@@ -90,7 +91,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8, help="images per forward_backward_warp call (CPU)")
     ap.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per case")
-    ap.add_argument("--tune-malloc", action="store_true", help="call pipelines.warping.tune_malloc() first")
+    ap.add_argument("--tune-malloc", action="store_true", help="call pipelines.pairs.tune_malloc() first")
     ap.add_argument("--threads", default="1,2", help="CPU intra-op thread counts to try")
     ap.add_argument("--no-cpu", action="store_true")
     ap.add_argument("--case", help=argparse.SUPPRESS)

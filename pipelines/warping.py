@@ -9,13 +9,12 @@ batched torch (CPU or CUDA, headless, no OpenGL):
   triangles per quad, split along the shorter 3D diagonal (IVID ``triangulate``);
 * it is rasterised at ``supersample`` x the target resolution with a z-test (nearest
   surface wins; ties go to the lower triangle index, so results are deterministic);
-* colour is the source pixel nearest to the perspective-correctly interpolated source
-  coordinate (IVID samples its colour texture with NEAREST filtering);
+* colour is the source pixel nearest to the perspective-correct source position (IVID
+  samples its colour texture with NEAREST filtering);
 * triangles across a depth discontinuity (IVID ``mask_discontinuity`` flags the vertices of
   every triangle whose depth range exceeds the threshold; a fragment draws no colour when
-  all three of its vertices are flagged), back-facing triangles (``!gl_FrontFacing``), and
-  triangles touching a source pixel without valid colour still write depth (occlude) but
-  draw no colour;
+  all three of its vertices are flagged), back-facing triangles (``!gl_FrontFacing``) and
+  triangles touching a source pixel without colour occlude but draw no colour;
 * a target pixel is valid when at least ``min_coverage`` of its ``supersample**2``
   sub-pixels drew colour (IVID: ``> 0.75 * ssaa**2``, i.e. 7 of 9) and it is not on a depth
   edge (IVID ``depth_edge``: fewer than 3 of its 8 neighbour pairs are discontinuous);
@@ -42,13 +41,9 @@ _LITTLE = __import__("sys").byteorder == "little"
 
 @dataclass
 class WarpResult:
-    """Output of :func:`forward_warp`.
-
-    image: float [B, C, H_t, W_t], 0 where ``mask`` is False. depth: float [B, 1, H_t, W_t]
-    target z-depth of the nearest surface (also of non-colour occluders), inf where empty.
-    mask: bool [B, 1, H_t, W_t]. (Batch dim absent when the input had none.)
-    """
-
+    """:func:`forward_warp` output: image float [B, C, H_t, W_t] (0 where not ``mask``), depth
+    float [B, 1, H_t, W_t] z of the nearest surface (non-colour occluders included; inf where
+    empty), mask bool [B, 1, H_t, W_t]. No batch dim when the input had none."""
     image: torch.Tensor
     depth: torch.Tensor
     mask: torch.Tensor
@@ -56,35 +51,13 @@ class WarpResult:
 
 @dataclass
 class ConditionPair:
-    """Output of :func:`forward_backward_warp`, in the source view.
-
-    cond_image: float [B, C, H, W], 0 outside ``mask_rgb``. cond_depth: float [B, 1, H, W]
-    z-depth, inf outside ``mask``. mask, mask_rgb: bool [B, 1, H, W] (equal here; texture
-    erosion in :mod:`pipelines.augment` shrinks ``mask_rgb`` later).
-    """
-
+    """:func:`forward_backward_warp` output in the source view: cond_image float [B, C, H, W]
+    (0 outside ``mask_rgb``), cond_depth float [B, 1, H, W] z (inf outside ``mask``), mask and
+    mask_rgb bool [B, 1, H, W] (equal here; :mod:`pipelines.augment` erodes ``mask_rgb``)."""
     cond_image: torch.Tensor
     cond_depth: torch.Tensor
     mask: torch.Tensor
     mask_rgb: torch.Tensor
-
-
-def tune_malloc(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 31) -> bool:
-    """Opt-in, process-wide: raise glibc's mmap and trim thresholds (``mallopt``).
-
-    The rasteriser allocates many large temporaries per call; with glibc's defaults freed
-    memory goes back to the OS and is page-faulted in again on the next call, which costs
-    about a third of the CPU time. With higher thresholds the process keeps (and reuses)
-    its peak heap instead. Same effect as ``MALLOC_MMAP_THRESHOLD_`` /
-    ``MALLOC_TRIM_THRESHOLD_`` in the environment. Returns False where glibc is absent.
-    """
-    import ctypes
-    import ctypes.util
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, int(mmap_threshold))) and bool(libc.mallopt(-1, int(trim_threshold)))
-    except (OSError, AttributeError):
-        return False
 
 
 def default_min_coverage(supersample: int) -> int:
@@ -110,12 +83,9 @@ def depth_edge(depth: torch.Tensor, threshold: float = 0.02) -> torch.Tensor:
     Returns:
         bool [B, 1, H, W], True on an edge.
     """
-    z = depth
-    cnt = torch.zeros(z.shape, dtype=torch.int32, device=z.device)
-    for a, b in (((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
-                 ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
-                 ((slice(1, None), slice(1, None)), (slice(None, -1), slice(None, -1))),
-                 ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None)))):
+    z, cnt = depth, torch.zeros(depth.shape, dtype=torch.int32, device=depth.device)
+    S, F, L = slice(None), slice(1, None), slice(None, -1)
+    for a, b in (((S, F), (S, L)), ((F, S), (L, S)), ((F, F), (L, L)), ((F, L), (L, F))):
         d = discontinuous(z[..., a[0], a[1]], z[..., b[0], b[1]], threshold).to(torch.int32)
         cnt[..., a[0], a[1]] += d
         cnt[..., b[0], b[1]] += d
@@ -123,8 +93,7 @@ def depth_edge(depth: torch.Tensor, threshold: float = 0.02) -> torch.Tensor:
 
 
 def _check_K(K: torch.Tensor, B: int) -> torch.Tensor:
-    if K.dim() == 2:
-        K = K.unsqueeze(0)
+    K = K[None] if K.dim() == 2 else K
     if K.shape[-2:] != (3, 3) or K.shape[0] not in (1, B):
         raise ValueError(f"K must be [B,3,3] or [3,3], got {tuple(K.shape)}")
     bad = (K[:, 1, 0] != 0) | (K[:, 2, 0] != 0) | (K[:, 2, 1] != 0) | (K[:, 2, 2] != 1)
@@ -140,25 +109,19 @@ def _col(t: torch.Tensor) -> torch.Tensor:
 def _span_lines(al, C, be):
     """Per-triangle row-span bounds from the 3 edge constraints ``C_i + be_i r + al_i dx >= -eps``.
 
-    Returns two lower lines and two upper lines ``(P, Q)``: ``dx >= P + Q r`` (lower),
-    ``dx <= P + Q r`` (upper), with a non-binding line where an edge is not of that kind.
+    Returns two lower and two upper lines ``(P, Q)``: ``dx >= P + Q r`` / ``dx <= P + Q r``
+    (a non-binding line where a triangle has a single edge of that kind).
     """
-    inf = torch.full_like(al[0], 1e30)
-    zero = torch.zeros_like(al[0])
-    PQ, pos, neg = [], [], []
-    for i in range(3):
-        safe = torch.where(al[i] == 0, torch.ones_like(al[i]), al[i])
-        PQ.append(((-_BARY_EPS - C[i]) / safe, -be[i] / safe))
-        pos.append(al[i] > 0)
-        neg.append(al[i] < 0)
+    safe = [torch.where(a == 0, torch.ones_like(a), a) for a in al]
+    PQ = [((-_BARY_EPS - C[i]) / safe[i], -be[i] / safe[i]) for i in range(3)]
 
-    def pick(order, masks, none):
-        P, Q = none, zero
+    def pick(order, sign):
+        P, Q = torch.full_like(al[0], -1e30 * sign), torch.zeros_like(al[0])
         for i in order:
-            P, Q = torch.where(masks[i], PQ[i][0], P), torch.where(masks[i], PQ[i][1], Q)
+            m = al[i] * sign > 0
+            P, Q = torch.where(m, PQ[i][0], P), torch.where(m, PQ[i][1], Q)
         return P, Q
-    return (pick((2, 1, 0), pos, -inf), pick((0, 1, 2), pos, -inf),
-            pick((2, 1, 0), neg, inf), pick((0, 1, 2), neg, inf))
+    return pick((2, 1, 0), 1.0), pick((0, 1, 2), 1.0), pick((2, 1, 0), -1.0), pick((0, 1, 2), -1.0)
 
 
 @torch.no_grad()
@@ -169,7 +132,7 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     ``flag_disc=False`` draws discontinuity triangles with colour (IVID's forward pass).
     """
     B, C, H, W = image.shape
-    dev, f32, i64 = image.device, torch.float32, torch.long
+    dev, f32, i32, i64 = image.device, torch.float32, torch.int32, torch.long  # int32 gathers
     z = depth[:, 0].to(f32)
     gvalid = torch.isfinite(z) & (z > 0)
     cvalid = gvalid if src_valid is None else gvalid & src_valid[:, 0]
@@ -177,12 +140,11 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     # Vertex grid: pixel centres, plus an outer ring moved out by `padding` pixels at the
     # depth/colour of the edge pixel (IVID depth_to_mesh(padding=...)).
     u, v = torch.arange(W, device=dev, dtype=f32), torch.arange(H, device=dev, dtype=f32)
-    tj, ti = torch.arange(W, device=dev, dtype=torch.int32), torch.arange(H, device=dev, dtype=torch.int32)
+    tj, ti = torch.arange(W, device=dev, dtype=i32), torch.arange(H, device=dev, dtype=i32)
     if padding > 0:
-        p = float(padding)
-        u = torch.cat([u.new_tensor([-p]), u, u.new_tensor([W - 1 + p])])
-        v = torch.cat([v.new_tensor([-p]), v, v.new_tensor([H - 1 + p])])
-        tj, ti = torch.cat([tj[:1], tj, tj[-1:]]), torch.cat([ti[:1], ti, ti[-1:]])
+        u, v = [torch.cat([t.new_tensor([-padding]), t, t.new_tensor([n - 1 + padding])])
+                for t, n in ((u, W), (v, H))]
+        tj, ti = [torch.cat([t[:1], t, t[-1:]]) for t in (tj, ti)]
         pad = lambda t: torch.nn.functional.pad(t[:, None].to(f32), (1, 1, 1, 1), mode="replicate")[:, 0]
         zs, gvalid, cvalid = pad(zs), pad(gvalid) > 0.5, pad(cvalid) > 0.5
     Hv, Wv = zs.shape[1:]
@@ -204,54 +166,44 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
         return t[:, :-1, :-1], t[:, :-1, 1:], t[:, 1:, :-1], t[:, 1:, 1:]
     sq = [(m - n) ** 2 for t in (X, Y, Z) for m, n in zip(q(t)[:2], q(t)[3:0:-1])]
     ft = (sq[0] + sq[2] + sq[4]) < (sq[1] + sq[3] + sq[5])   # |a-d| < |b-c|
-    a, b, c, d = q(torch.arange(B * Hv * Wv, device=dev).reshape(B, Hv, Wv))
+    a, b, c, d = q(torch.arange(B * Hv * Wv, device=dev, dtype=i32).reshape(B, Hv, Wv))
     slots = [torch.stack(s, -1).reshape(-1) for s in
              ((b, c), (a, d), (torch.where(ft, d, c), torch.where(ft, a, b)))]
     g = lambda t: [t.reshape(-1).index_select(0, s) for s in slots]
     gv, zt = g(gvalid), g(zs)
     geo = gv[0] & gv[1] & gv[2]
-    zmax = torch.maximum(torch.maximum(zt[0], zt[1]), zt[2])
-    zmin = torch.minimum(torch.minimum(zt[0], zt[1]), zt[2])
-    disc = ((zmax > zmin * (1.0 + thr)) & geo & flag_disc).reshape(B, Hv - 1, Wv - 1, 2)
-    d1, d2 = disc[..., 0], disc[..., 1]
+    mx = torch.maximum(torch.maximum(zt[0], zt[1]), zt[2])
+    disc = mx > torch.minimum(torch.minimum(zt[0], zt[1]), zt[2]) * (1.0 + thr)
+    d1, d2 = (disc & geo & flag_disc).reshape(B, Hv - 1, Wv - 1, 2).unbind(-1)
     vflag = torch.zeros_like(gvalid)            # vertices of discontinuous triangles
-    vflag[:, :-1, :-1] |= d1 | (d2 & ft)
-    vflag[:, :-1, 1:] |= d1 | (d2 & ~ft)
-    vflag[:, 1:, :-1] |= d2 | (d1 & ~ft)
-    vflag[:, 1:, 1:] |= d2 | (d1 & ft)
+    for corner, f in zip(q(vflag), (d1 | (d2 & ft), d1 | (d2 & ~ft), d2 | (d1 & ~ft), d2 | (d1 & ft))):
+        corner |= f
     x, y = g(PX), g(PY)
-    xmin = torch.minimum(torch.minimum(x[0], x[1]), x[2])
-    xmax = torch.maximum(torch.maximum(x[0], x[1]), x[2])
-    ymin = torch.minimum(torch.minimum(y[0], y[1]), y[2])
-    ymax = torch.maximum(torch.maximum(y[0], y[1]), y[2])
     Hs, Ws = Ht * ss, Wt * ss
-    tol = 1e-3                                   # sub-pixels; the barycentric test decides
-    xmin, xmax = torch.ceil(xmin - tol), torch.floor(xmax + tol)
-    ymin, ymax = torch.ceil(ymin - tol), torch.floor(ymax + tol)
+    lo3 = lambda t: torch.ceil(torch.minimum(torch.minimum(t[0], t[1]), t[2]) - 1e-3)  # sub-pixel
+    hi3 = lambda t: torch.floor(torch.maximum(torch.maximum(t[0], t[1]), t[2]) + 1e-3)  # slack
+    xmin, xmax, ymin, ymax = lo3(x), hi3(x), lo3(y), hi3(y)
     keep = (geo & (xmin <= xmax) & (ymin <= ymax) & (xmax >= 0) & (xmin <= Ws - 1)
             & (ymax >= 0) & (ymin <= Hs - 1))
     idx = keep.nonzero().squeeze(1)
     Tn = idx.numel()
     if Tn == 0:
-        zimg = torch.full((B, 1, Ht, Wt), float("inf"), device=dev)
-        none = torch.zeros((B, 1, Ht, Wt), dtype=torch.bool, device=dev)
-        return torch.zeros((B, C, Ht, Wt), device=dev), zimg, none, none
+        no = torch.zeros((B, 1, Ht, Wt), dtype=torch.bool, device=dev)
+        return torch.zeros((B, C, Ht, Wt), device=dev), torch.full(no.shape, float("inf"), device=dev), no, no
     sel = lambda t: t.index_select(0, idx)
-    slots = [sel(s) for s in slots]
-    x, y = [sel(t) for t in x], [sel(t) for t in y]
+    slots, x, y = [sel(t) for t in slots], [sel(t) for t in x], [sel(t) for t in y]
     ymin, ymax = sel(ymin), sel(ymax)
     w = g(iz)
     code = g(cvalid.to(torch.uint8) | (vflag.to(torch.uint8) << 1))
     code = code[0] & code[1] & code[2]          # bit0: all colour-valid, bit1: all flagged
-    texel = (torch.arange(B, device=dev, dtype=torch.int32).reshape(B, 1, 1) * (H * W)
-             + ti.reshape(1, -1, 1) * W + tj.reshape(1, 1, -1))   # source pixel of each vertex
-    tex = g(texel)
+    tex = g(torch.arange(B, device=dev, dtype=i32).reshape(B, 1, 1) * (H * W)   # source pixel
+            + ti.reshape(1, -1, 1) * W + tj.reshape(1, 1, -1))                # of each vertex
     ftt = sel(ft.unsqueeze(-1).expand(-1, -1, -1, 2).reshape(-1))
 
     # Barycentric planes b_i = bo_i + al_i (X - X0) + be_i (Y - Y0), origin (X0, Y0) integer
     # and near the triangle (well conditioned in float32).
-    X0, Y0 = torch.floor(torch.minimum(torch.minimum(x[0], x[1]), x[2])), torch.floor(
-        torch.minimum(torch.minimum(y[0], y[1]), y[2]))
+    X0 = torch.floor(torch.minimum(torch.minimum(x[0], x[1]), x[2]))
+    Y0 = torch.floor(torch.minimum(torch.minimum(y[0], y[1]), y[2]))
     ex = [x[2] - x[1], x[0] - x[2], x[1] - x[0]]
     ey = [y[1] - y[2], y[2] - y[0], y[0] - y[1]]
     area2 = ex[2] * (y[2] - y[0]) + ey[2] * (x[2] - x[0])
@@ -280,8 +232,6 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     izA = (izp[0] + izp[2] * dy0) - izp[1] * X0  # 1/z at (X, row r) = izA + izp2 r + izp1 X
 
     # Rows: one per (triangle, sub-pixel row) -> span [lo, hi] of sub-pixel columns.
-    # (int32 gather indices: half the memory traffic of int64.)
-    i32 = torch.int32
     nrow = (torch.clamp(ymax, max=Hs - 1) - torch.clamp(ymin, min=0) + 1).to(i32)
     rt = torch.repeat_interleave(torch.arange(Tn, device=dev, dtype=i32), nrow)
     G = lambda t: t.index_select(0, rt)
@@ -332,14 +282,9 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
 
     # Downsample ss x ss -> 1: fixed-order sums over columns, then rows (batch independent).
     t = planes.reshape(C + 1, B * Hs * Wt, ss)
-    acc = t[..., 0].clone()
-    for k in range(1, ss):
-        acc += t[..., k]
+    acc = sum((t[..., k] for k in range(1, ss)), t[..., 0].clone())
     t = acc.reshape(C + 1, B * Ht, ss, Wt)
-    acc = t[:, :, 0].clone()
-    for k in range(1, ss):
-        acc += t[:, :, k]
-    acc = acc.reshape(C + 1, B, Ht, Wt).transpose(0, 1)
+    acc = sum((t[:, :, k] for k in range(1, ss)), t[:, :, 0].clone()).reshape(C + 1, B, Ht, Wt).transpose(0, 1)
     cnt = acc[:, C:].round()
     out = (acc[:, :C] / torch.clamp(cnt, min=1.0)).contiguous()
     off = (ss - 1) // 2
@@ -349,6 +294,15 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     covered = cnt >= min_cov
     mask = covered & torch.isfinite(zout) & ~depth_edge(zout, thr)
     return out, zout, covered, mask
+
+
+def _check_opts(supersample, min_coverage, edge_threshold, padding) -> tuple[int, int]:
+    ss = int(supersample)
+    mc = default_min_coverage(ss) if min_coverage is None else int(min_coverage)
+    if ss < 1 or not 1 <= mc <= ss * ss or edge_threshold < 0 or padding < 0:
+        raise ValueError(f"need supersample >= 1, 1 <= min_coverage <= supersample**2, edge_threshold >= 0, "
+                         f"padding >= 0; got {supersample}, {min_coverage}, {edge_threshold}, {padding}")
+    return ss, mc
 
 
 def _prep(image, depth, Ks, Kt, T):
@@ -406,23 +360,14 @@ def forward_warp(image: torch.Tensor, depth: torch.Tensor, K_src: torch.Tensor,
             [1, supersample**2], negative threshold/padding.
     """
     single, image, depth, Ks, Kt, T = _prep(image, depth, K_src, K_tgt, src_to_tgt)
-    ss = int(supersample)
-    if ss < 1:
-        raise ValueError(f"supersample must be >= 1, got {supersample}")
-    mc = default_min_coverage(ss) if min_coverage is None else int(min_coverage)
-    if not 1 <= mc <= ss * ss:
-        raise ValueError(f"min_coverage must be in [1, {ss * ss}], got {min_coverage}")
-    if edge_threshold < 0 or padding < 0:
-        raise ValueError("edge_threshold and padding must be >= 0")
+    ss, mc = _check_opts(supersample, min_coverage, edge_threshold, padding)
     Ht, Wt = (image.shape[2], image.shape[3]) if out_size is None else map(int, out_size)
     if src_mask is not None:
         src_mask = (src_mask[None] if single else src_mask).to(torch.bool)
     img, z, _, mask = _render(image, depth, Ks, Kt, T, Ht, Wt, ss, mc, float(edge_threshold),
                               float(padding), src_mask)
-    res = WarpResult(img * mask, z, mask)
-    if single:
-        res = WarpResult(res.image[0], res.depth[0], res.mask[0])
-    return res
+    out = (img * mask, z, mask)
+    return WarpResult(*(t[0] for t in out) if single else out)
 
 
 def forward_backward_warp(image: torch.Tensor, depth: torch.Tensor, K: torch.Tensor,
@@ -456,18 +401,12 @@ def forward_backward_warp(image: torch.Tensor, depth: torch.Tensor, K: torch.Ten
         ValueError: as :func:`forward_warp`.
     """
     single, image, depth, K, _, T = _prep(image, depth, K, K, src_to_tgt)
+    ss, mc = _check_opts(supersample, min_coverage, edge_threshold, padding)
     H, W = image.shape[2:]
-    kw = dict(supersample=supersample, min_coverage=min_coverage, edge_threshold=edge_threshold)
-    ss = int(supersample)
-    fw_mc = default_min_coverage(ss) if min_coverage is None else int(min_coverage)
-    if ss < 1 or not 1 <= fw_mc <= ss * ss or edge_threshold < 0 or padding < 0:
-        raise ValueError("bad supersample / min_coverage / edge_threshold / padding")
-    img1, z1, cov1, _ = _render(image, depth, K, K, T, H, W, ss, fw_mc, float(edge_threshold),
+    img1, z1, cov1, _ = _render(image, depth, K, K, T, H, W, ss, mc, float(edge_threshold),
                                 float(padding), None, flag_disc=False)
-    back = forward_warp(img1, z1, K, K, invert_rigid(T.to(torch.float64)), src_mask=cov1, **kw)
-    mask = back.mask
-    cond_depth = torch.where(mask, back.depth, torch.full_like(back.depth, float("inf")))
-    pair = ConditionPair(back.image, cond_depth, mask, mask.clone())
-    if single:
-        pair = ConditionPair(*(t[0] for t in (pair.cond_image, pair.cond_depth, pair.mask, pair.mask_rgb)))
-    return pair
+    back = forward_warp(img1, z1, K, K, invert_rigid(T.to(torch.float64)), supersample=ss,
+                        min_coverage=mc, edge_threshold=edge_threshold, src_mask=cov1)
+    m = back.mask
+    out = (back.image, torch.where(m, back.depth, float("inf")), m, m.clone())
+    return ConditionPair(*(t[0] for t in out) if single else out)
