@@ -69,3 +69,16 @@ def decode_zbuffer(v: np.ndarray, near: float = 0.5, far: float = 100.0) -> np.n
     v = np.asarray(v).astype(np.float64) / UINT16_MAX
     d = 1.0 / near + v * (1.0 / far - 1.0 / near)
     return (1.0 / d).astype(np.float32)
+
+
+DEPTH_ENCODING_NAME = "ivid_zbuffer_uint16"
+
+
+def depth_encoding(near: float, far: float) -> dict:
+    """The ``camera["depth_encoding"]`` entry stored with every uint16 z-buffer depth PNG.
+
+    A stored value ``v`` (uint16) decodes to z-depth with ``decode_zbuffer(v, near, far)``;
+    ``v/65535`` is IVID's z-buffer value in [0, 1] (0 at ``near``, 1 at ``far`` and beyond
+    or invalid).
+    """
+    return {"name": DEPTH_ENCODING_NAME, "near": float(near), "far": float(far)}

@@ -21,7 +21,7 @@ import torch
 
 from pipelines import augment
 from pipelines.camera import intrinsics_from_fov, sample_novel_camera, seed_for
-from pipelines.depth_convention import encode_zbuffer
+from pipelines.depth_convention import depth_encoding, encode_zbuffer
 from pipelines.warping import forward_backward_warp
 
 #: ``params`` keys read by :func:`build_pairs` (the ``warp:`` section of params.yaml plus
@@ -31,7 +31,6 @@ REQUIRED_KEYS = ("fov_deg", "yaw_std", "pitch_std", "radius_std", "center_std", 
                  "erode_sizes", "near", "far")
 #: Optional keys and their defaults.
 OPTIONAL_KEYS = {"batch_size": 16, "padding": 2.0}
-DEPTH_ENCODING_KIND = "ivid_zbuffer_uint16"
 
 
 def tune_malloc(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 31) -> bool:
@@ -99,7 +98,7 @@ def build_pairs(images: torch.Tensor, depths: torch.Tensor, keys: Sequence[str],
         65535 where invalid), ``mask`` bool [H, W], ``mask_rgb`` bool [H, W], ``camera``
         JSON-able dict: ``K`` 3x3, ``w2c_src`` and ``w2c_novel`` 4x4 OpenCV world-to-camera,
         ``yaw``, ``pitch`` (rad), ``radius``, ``center`` [3], ``fov_deg``,
-        ``depth_encoding`` ``{"kind": "ivid_zbuffer_uint16", "near", "far"}``.
+        ``depth_encoding`` (:func:`pipelines.depth_convention.depth_encoding`).
 
     Raises:
         ValueError: bad shapes or key count; KeyError: a required ``params`` key missing.
@@ -157,7 +156,7 @@ def build_pairs(images: torch.Tensor, depths: torch.Tensor, keys: Sequence[str],
                     "K": K.tolist(), "w2c_src": cam.w2c_src.tolist(), "w2c_novel": cam.w2c_novel.tolist(),
                     "yaw": cam.yaw, "pitch": cam.pitch, "radius": cam.radius,
                     "center": [float(c) for c in cam.center], "fov_deg": float(p["fov_deg"]),
-                    "depth_encoding": {"kind": DEPTH_ENCODING_KIND, "near": near, "far": far},
+                    "depth_encoding": depth_encoding(near, far),
                 },
             })
     return out

@@ -45,12 +45,12 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from pipelines.depth_convention import DEPTH_ENCODING_NAME, depth_encoding  # noqa: F401 (re-export)
 from pipelines.storage import atomic_path, remove_stale_temporaries, write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
 SAMPLE_SCHEMA = "ivid_pair/1"
-DEPTH_ENCODING_NAME = "ivid_zbuffer_uint16"
 PNG_COMPRESS_LEVEL = 6
 #: Fixed tar header fields (TarWriter sets mtime/mode/uname/gname; uid = gid = 0 is
 #: ``tarfile.TarInfo``'s default; format is USTAR, member names <= 100 bytes).
@@ -61,16 +61,6 @@ MASK_MEMBERS = ("mask.png", "mask_rgb.png")
 _SHARD_RE = re.compile(r"^([A-Za-z0-9_]+)-(\d{6})\.tar$")
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9_]+$")
 _BLOCK = tarfile.BLOCKSIZE
-
-
-def depth_encoding(near: float, far: float) -> dict[str, Any]:
-    """The ``camera["depth_encoding"]`` entry for IVID uint16 z-buffer depth PNGs.
-
-    A stored value ``v`` (uint16) decodes to z-depth with
-    ``pipelines.depth_convention.decode_zbuffer(v, near, far)``; ``v/65535`` is IVID's
-    z-buffer value in [0, 1] (0 at ``near``, 1 at ``far`` and beyond / invalid).
-    """
-    return {"name": DEPTH_ENCODING_NAME, "near": float(near), "far": float(far)}
 
 
 def split_of(sample_key: str, fractions: dict[str, float]) -> str:

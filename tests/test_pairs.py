@@ -63,7 +63,7 @@ def test_schema_and_order():
         assert cam == o["camera"]
         assert np.asarray(cam["K"]).shape == (3, 3) and np.asarray(cam["w2c_novel"]).shape == (4, 4)
         assert np.allclose(np.asarray(cam["w2c_src"]), [[1, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 1], [0, 0, 0, 1]])
-        assert cam["depth_encoding"] == {"kind": "ivid_zbuffer_uint16", "near": 0.5, "far": 100.0}
+        assert cam["depth_encoding"] == {"name": "ivid_zbuffer_uint16", "near": 0.5, "far": 100.0}
         assert set(cam) >= {"yaw", "pitch", "radius", "center", "fov_deg"}
 
 
