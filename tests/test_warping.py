@@ -275,6 +275,23 @@ def test_discontinuity_occludes_but_draws_no_colour():
     assert torch.allclose(res.depth[0, 0, 14:26, 16:32], torch.tensor(1.0), rtol=1e-5)
 
 
+def test_wide_disocclusion_is_a_hole_not_a_smear():
+    """Near (z=1) and far (z=1.5) halves: after a 0.9-unit sideways move the 30-px band the
+    near half uncovers is spanned by stretched triangles whose own depth changes by < 2% per
+    pixel, so only the discontinuity rule (vertices 1.5x apart) can keep it a hole."""
+    H, W = 24, 160
+    K = torch.tensor([[100.0, 0, 79.5], [0, 100.0, 11.5], [0, 0, 1]])
+    img = textured(1, H, W, seed=12)
+    depth = torch.full((1, 1, H, W), 1.5)
+    depth[..., :110] = 1.0
+    res = forward_warp(img, depth, K, K, translation((-0.9, 0.0, 0.0)))
+    m = res.mask[0, 0]
+    band = res.depth[0, 0, 2:-2, 24:47]
+    assert torch.isfinite(band).all() and (band > 1.0).all() and (band < 1.5).all()   # occluder
+    assert not m[:, 22:49].any()
+    assert m[2:-2, 2:17].all() and m[2:-2, 52:98].all()     # near half (moved 90 px), far half
+
+
 def test_thresholds_are_relative():
     z = torch.tensor([1.0, 100.0])
     assert bool(discontinuous(z, z * 1.03, 0.02).all())
