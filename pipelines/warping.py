@@ -112,16 +112,14 @@ def _span_lines(al, C, be):
     Returns two lower and two upper lines ``(P, Q)``: ``dx >= P + Q r`` / ``dx <= P + Q r``
     (a non-binding line where a triangle has a single edge of that kind).
     """
-    safe = [torch.where(a == 0, torch.ones_like(a), a) for a in al]
-    PQ = [((-_BARY_EPS - C[i]) / safe[i], -be[i] / safe[i]) for i in range(3)]
+    r = [1.0 / torch.where(a == 0, torch.ones_like(a), a) for a in al]
+    PQ = [((-_BARY_EPS - C[i]) * r[i], -be[i] * r[i]) for i in range(3)]
+    pos, neg = [a > 0 for a in al], [a < 0 for a in al]
 
-    def pick(order, sign):
-        P, Q = torch.full_like(al[0], -1e30 * sign), torch.zeros_like(al[0])
-        for i in order:
-            m = al[i] * sign > 0
-            P, Q = torch.where(m, PQ[i][0], P), torch.where(m, PQ[i][1], Q)
-        return P, Q
-    return pick((2, 1, 0), 1.0), pick((0, 1, 2), 1.0), pick((2, 1, 0), -1.0), pick((0, 1, 2), -1.0)
+    def pick(order, m):          # first edge of that kind in `order` (>= 1 exists if area != 0)
+        i, j, k = order
+        return tuple(torch.where(m[i], PQ[i][t], torch.where(m[j], PQ[j][t], PQ[k][t])) for t in (0, 1))
+    return pick((0, 1, 2), pos), pick((2, 1, 0), pos), pick((0, 1, 2), neg), pick((2, 1, 0), neg)
 
 
 @torch.no_grad()
@@ -207,7 +205,7 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     ex = [x[2] - x[1], x[0] - x[2], x[1] - x[0]]
     ey = [y[1] - y[2], y[2] - y[0], y[0] - y[1]]
     area2 = ex[2] * (y[2] - y[0]) + ey[2] * (x[2] - x[0])
-    colour = (code == 1) & (area2 < 0) & (area2 != 0)   # clockwise = front-facing
+    colour = (code == 1) & (area2 < 0)          # clockwise = front-facing
     inv = 1.0 / torch.where(area2 == 0, torch.ones_like(area2), area2)
     al, be = [e * inv for e in ey], [e * inv for e in ex]
     ox, oy = X0 - x[0], Y0 - y[0]
@@ -232,7 +230,8 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     izA = (izp[0] + izp[2] * dy0) - izp[1] * X0  # 1/z at (X, row r) = izA + izp2 r + izp1 X
 
     # Rows: one per (triangle, sub-pixel row) -> span [lo, hi] of sub-pixel columns.
-    nrow = (torch.clamp(ymax, max=Hs - 1) - torch.clamp(ymin, min=0) + 1).to(i32)
+    nrow = torch.clamp(ymax, max=Hs - 1) - torch.clamp(ymin, min=0) + 1
+    nrow = torch.where(area2 == 0, 0, nrow).to(i32)            # degenerate: nothing to draw
     rt = torch.repeat_interleave(torch.arange(Tn, device=dev, dtype=i32), nrow)
     G = lambda t: t.index_select(0, rt)
     r = torch.arange(rt.numel(), device=dev, dtype=i32) - G((torch.cumsum(nrow, 0) - nrow).to(i32)
