@@ -12,7 +12,9 @@ def _make(asset, fn, name: str, description: str):
     @dg.asset_check(asset=asset, name=name, description=description, blocking=True)
     def _check(settings: ViewforgeSettings) -> dg.AssetCheckResult:
         passed, md = fn(settings.root())
-        return dg.AssetCheckResult(passed=bool(passed), metadata={k: v for k, v in md.items() if v is not None})
+        severity = dg.AssetCheckSeverity.WARN if md.pop("severity", None) == "WARN" else dg.AssetCheckSeverity.ERROR
+        return dg.AssetCheckResult(passed=bool(passed), severity=severity,
+                                   metadata={k: v for k, v in md.items() if v is not None})
 
     return _check
 

@@ -45,6 +45,13 @@ def save_tiny_depth_model(path: str | Path, *, seed: int = 0, input_size: int = 
                                  reassemble_hidden_size=32, head_hidden_size=8, patch_size=14)
     torch.manual_seed(seed)
     model = DepthAnythingForDepthEstimation(config)
+    # A random head outputs disparity ~0 with isolated spikes (its final ReLU), i.e. depth
+    # that is a field of discontinuities; bias the last conv so the random model predicts a
+    # (nearly) constant disparity, a fronto-parallel plane, and warping demos stay readable.
+    last_conv = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last_conv.weight.mul_(0.05)
+        last_conv.bias.fill_(1.0)
     processor = DPTImageProcessor(do_resize=True, size={"height": input_size, "width": input_size},
                                   keep_aspect_ratio=True, ensure_multiple_of=14, resample=3, do_pad=False,
                                   image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])

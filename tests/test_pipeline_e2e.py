@@ -74,6 +74,6 @@ def test_whole_graph_then_incremental_reruns(tmp_path, photo_dir, tiny_depth_dir
     assert md["training_shards"]["samples"] == 10
 
     # change a warp parameter: depth reuses everything, warp recomputes everything
-    md = materialize(root, run_config(photo_dir, tiny_depth_dir, tiny_dinov2_path, yaw_std=0.3))
+    md = materialize(root, run_config(photo_dir, tiny_depth_dir, tiny_dinov2_path, blur_p=0.5))
     assert (md["depth_maps"]["computed"], md["depth_maps"]["reused"]) == (0, 5)
     assert (md["warp_pairs"]["computed"], md["warp_pairs"]["reused"]) == (5, 0)
