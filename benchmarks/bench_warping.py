@@ -1,13 +1,15 @@
 """Benchmark of IVID forward-backward warping (pipelines.warping.forward_backward_warp).
 
 Prints pairs/s (a pair = one forward_backward_warp of one image) and peak memory at
-128x128 and 256x256, supersample 1 and 3, on CPU (1 and 2 intra-op threads) and on CUDA
-when available. Each case runs in a fresh
+128x128 and 256x256, supersample 1 and 3, on CPU (1 and 2 intra-op threads in one process,
+and 2 one-thread processes at once -- how chunks run in parallel) and on CUDA when
+available. Each case runs in a fresh
 subprocess; CPU peak memory is that process's peak RSS (``resource.getrusage`` maxrss)
-minus its RSS after building the inputs, CUDA peak memory is
+minus its RSS just before the first warp, CUDA peak memory is
 ``torch.cuda.max_memory_allocated`` minus the inputs.
 
     .venv/bin/python benchmarks/bench_warping.py [--batch 8] [--seconds 3] [--tune-malloc]
+        [--threads 1,2] [--processes 2] [--no-cpu]
 
 ``--tune-malloc`` raises glibc's mmap/trim thresholds first (see
 :func:`pipelines.pairs.tune_malloc`), which avoids re-faulting freed memory on every call.
@@ -53,15 +55,20 @@ def maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # KiB on Linux
 
 
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
 def run_case(device: str, size: int, ss: int, B: int, seconds: float) -> tuple[float, float]:
     img, depth, K, T = make_inputs(B, size, device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    forward_backward_warp(img, depth, K, T, supersample=ss)          # warm-up
-    sync()
+    rss0 = rss_mib()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    rss0 = maxrss_mib()
+    forward_backward_warp(img, depth, K, T, supersample=ss)          # warm-up
+    sync()
     n, t0 = 0, time.perf_counter()
     while True:
         forward_backward_warp(img, depth, K, T, supersample=ss)
@@ -93,6 +100,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per case")
     ap.add_argument("--tune-malloc", action="store_true", help="call pipelines.pairs.tune_malloc() first")
     ap.add_argument("--threads", default="1,2", help="CPU intra-op thread counts to try")
+    ap.add_argument("--processes", type=int, default=2,
+                    help="also run this many 1-thread processes at once (aggregate pairs/s)")
     ap.add_argument("--no-cpu", action="store_true")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -101,18 +110,21 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
           f"tune_malloc {args.tune_malloc}")
     rows = []
-    cases = [] if args.no_cpu else [("cpu", int(t)) for t in args.threads.split(",")]
+    cases = [] if args.no_cpu else [("cpu", int(t), 1) for t in args.threads.split(",")]
+    cases += [] if args.no_cpu or args.processes < 2 else [("cpu", 1, args.processes)]
     if torch.cuda.is_available():
-        cases.append(("cuda", 0))
-    for device, threads in cases:
-        name = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {threads} thread(s)"
+        cases.append(("cuda", 0, 1))
+    for device, threads, procs in cases:
+        name = (torch.cuda.get_device_name() if device == "cuda" else
+                f"cpu, {procs} processes x 1 thread" if procs > 1 else f"cpu, {threads} thread(s)")
         B = args.batch if device == "cpu" else max(args.batch, 64)
         for size in (128, 256):
             for ss in (1, 3):
                 spec = f"{device},{threads},{size},{ss},{B},{args.seconds},{int(args.tune_malloc)}"
-                out = subprocess.run([sys.executable, __file__, "--case", spec], capture_output=True,
-                                     text=True, check=True)
-                res = json.loads(out.stdout.strip().splitlines()[-1])
+                ps = [subprocess.Popen([sys.executable, __file__, "--case", spec], stdout=subprocess.PIPE,
+                                       text=True) for _ in range(procs)]
+                outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in ps]
+                res = {"rate": sum(o["rate"] for o in outs), "peak": sum(o["peak"] for o in outs)}
                 rows.append((name, size, ss, B, res["rate"], res["peak"]))
                 print(f"  {name:24s} {size:4d}px ss={ss}: {res['rate']:8.1f} pairs/s, "
                       f"peak {res['peak']:7.1f} MiB", flush=True)

@@ -210,17 +210,15 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     al, be = [e * inv for e in ey], [e * inv for e in ex]
     ox, oy = X0 - x[0], Y0 - y[0]
     bo = [al[0] * ox + be[0] * oy + 1.0, al[1] * ox + be[1] * oy, al[2] * ox + be[2] * oy]
-    plane = lambda val: [(k[0] * val[0] + k[1] * val[1]) + k[2] * val[2] for k in (bo, al, be)]
-    izp = plane(w)
-    # Nearest source pixel of the perspective-correct source position: a triangle's three
-    # vertices are three corners of a source-pixel quad, and rounding picks the vertex with
-    # perspective barycentric b_k w_k / (1/z) >= 1/2 among the two off the right angle (slot 2,
-    # and slot 1 or 0), else the right-angle vertex. Numerator planes b_k w_k, absolute coords.
-    def num(k):
-        c = [bo[k] * w[k], al[k] * w[k], be[k] * w[k]]
-        return [c[0] - c[1] * X0 - c[2] * Y0, c[1], c[2]]
-    nA, n0, n1 = num(2), num(0), num(1)
-    nB = [torch.where(ftt, n1[i], n0[i]) for i in range(3)]
+    # 1/z and the perspective-correct texel rule use the planes of b_k w_k (k = 0, 1, 2):
+    # 1/z = sum_k b_k w_k; the nearest source pixel is the vertex whose b_k w_k / (1/z) >= 1/2
+    # among the two off the quad's right angle (slot 2, and slot 1 or 0), else the right-angle
+    # vertex (a triangle's vertices are three corners of a source-pixel quad).
+    nk = [[bo[k] * w[k], al[k] * w[k], be[k] * w[k]] for k in range(3)]
+    izp = [(nk[0][i] + nk[1][i]) + nk[2][i] for i in range(3)]
+    absolute = lambda c: [c[0] - c[1] * X0 - c[2] * Y0, c[1], c[2]]   # planes in absolute X, Y
+    nA = absolute(nk[2])
+    nB = absolute([torch.where(ftt, nk[1][i], nk[0][i]) for i in range(3)])
     tA, tB, tR = tex[2], torch.where(ftt, tex[1], tex[0]), torch.where(ftt, tex[0], tex[1])
     dy0 = ymin - Y0
     La, Lb, Ra, Rb = [(P + X0, Q) for P, Q in
