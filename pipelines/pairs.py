@@ -7,6 +7,11 @@ pre-warp noise to the RGBD condition input, forward-backward warp it
 condition texture (:mod:`pipelines.augment`). The target is the original RGBD and is not
 returned here (the caller has it).
 
+Performance (CPU): warping is memory-bound elementwise work; on a shared machine run one
+intra-op thread per process (``torch.set_num_threads(1)``; OpenMP with more threads than
+free cores is orders of magnitude slower) and parallelise over chunks, and call
+:func:`tune_malloc` once per worker process.
+
 Random streams: every draw of a pair comes from its own seed
 ``seed_for(key, view, seed, stream)`` with streams ``camera``, ``noise``, ``blur``,
 ``erode``; a pair's outputs depend only on (its image, depth, key, view, seed, params),

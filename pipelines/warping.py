@@ -26,6 +26,13 @@ which is at once the relative depth jump ``|dz|/z_min`` and the relative dispari
 ``|d(1/z)| * z_max``. IVID's absolute test ``|dz| > 0.02 and |d(1/z)| > 0.02`` coincides
 with it near its unit working depth (the pivot at z = 1); the relative form makes every
 result invariant to the depth unit (scale depth and translation together).
+
+Implementation: scanline rasterisation -- (triangle, sub-pixel row) spans from barycentric
+half-planes (tolerance 1e-4 closes cracks on shared edges), then one z-test for all
+candidates by ``scatter_reduce(amax)`` of int64 keys (bits of 1/z, then triangle index).
+Only elementwise IEEE arithmetic, gathers and scatters (no matmul, no fused multiply-add),
+so a sample's result is bit-identical whatever else shares its batch. On CPU use one
+intra-op thread per process on shared machines and see :func:`pipelines.pairs.tune_malloc`.
 """
 from __future__ import annotations
 
