@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from pipelines.config import REPO_ROOT
 from pipelines.camera import (OPENGL_TO_OPENCV, intrinsics_from_fov, invert_rigid, look_at_opencv,
                               look_at_opengl, novel_camera, sample_novel_camera, seed_for)
 
@@ -109,7 +110,7 @@ def test_seed_for_is_stable_across_processes():
     assert seed_for("abc", 3, 0, "noise") != s
     code = "from pipelines.camera import seed_for; print(seed_for('abc', 3, 0))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"PYTHONHASHSEED": "123", "PATH": ""}, cwd=".")
+                         env={"PYTHONHASHSEED": "123", "PATH": ""}, cwd=str(REPO_ROOT))
     assert int(out.stdout) == s
     # Pinned: sha256("|abc|3|0") first 8 bytes >> 1; changing it would reseed every dataset.
     import hashlib
