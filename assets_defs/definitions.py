@@ -5,6 +5,7 @@ import dagster as dg
 
 from assets_defs.assets import DATA_ASSETS
 from assets_defs.checks import ASSET_CHECKS
+from assets_defs.models import MODEL_ASSETS
 from assets_defs.resources import ViewforgeSettings
 
 #: The main job: images -> WebDataset training shards.
@@ -13,9 +14,14 @@ shards_job = dg.define_asset_job(
     description="Materialize source_images -> depth_maps -> warp_pairs / dinov2_features -> pose_clusters "
                 "-> training_shards.")
 
+#: Training and evaluation on the current shards (GPU pool ``gpu``).
+models_job = dg.define_asset_job(
+    "train_and_evaluate", selection=dg.AssetSelection.assets(*MODEL_ASSETS),
+    description="Materialize trained_models (Dagster Pipes subprocess) -> eval_reports.")
+
 defs = dg.Definitions(
-    assets=DATA_ASSETS,
+    assets=[*DATA_ASSETS, *MODEL_ASSETS],
     asset_checks=ASSET_CHECKS,
-    jobs=[shards_job],
+    jobs=[shards_job, models_job],
     resources={"settings": ViewforgeSettings()},
 )

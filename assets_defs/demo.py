@@ -20,10 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="demo")
     ap.add_argument("--source-kind", default="sample")
     ap.add_argument("--source-path", default=None)
+    ap.add_argument("--log-level", default="INFO", help="Dagster console log level (DEBUG shows every event)")
     args = ap.parse_args(argv)
 
     from assets_defs.assets import DATA_ASSETS
     from assets_defs.checks import ASSET_CHECKS
+    from assets_defs.models import MODEL_ASSETS
     from assets_defs.resources import ViewforgeSettings
     from pipelines.config import data_root
 
@@ -31,9 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = ViewforgeSettings(data_root=str(root), profile=args.profile)
     t0 = time.perf_counter()
     result = dg.materialize(
-        [*DATA_ASSETS, *ASSET_CHECKS], resources={"settings": settings},
+        [*DATA_ASSETS, *MODEL_ASSETS, *ASSET_CHECKS], resources={"settings": settings},
         run_config={"ops": {"source_images": {"config": {"source": {"kind": args.source_kind,
-                                                                     "path": args.source_path}}}}},
+                                                                     "path": args.source_path}}}},
+                    "loggers": {"console": {"config": {"log_level": args.log_level}}}},
         raise_on_error=False)
     wall = time.perf_counter() - t0
     mats = {}
@@ -52,12 +55,14 @@ def main(argv: list[str] | None = None) -> int:
           f"  duplicates: {val('source_images', 'duplicates')}")
     print(f"pairs written     : {val('training_shards', 'samples')}  (warp_pairs: {val('warp_pairs', 'pairs')})")
     for asset in ("source_images", "depth_maps", "warp_pairs", "dinov2_features", "pose_clusters",
-                  "training_shards"):
+                  "training_shards", "trained_models", "eval_reports"):
         print(f"  {asset:<16} {val(asset, 'seconds') or 0:8.2f} s  computed {val(asset, 'computed')}"
               f"  reused {val(asset, 'reused')}  weights {val(asset, 'weights') or '-'}")
     for path in val("training_shards", "shard_paths") or []:
         print(f"shard             : {path}")
     print(f"manifest          : {val('training_shards', 'manifest')}")
+    print(f"models            : {val('trained_models', 'run_dir')}")
+    print(f"eval report       : {val('eval_reports', 'report_html')}")
     print("checks            : " + ", ".join(f"{c.asset_key.to_user_string()}:{c.check_name}="
                                              f"{'ok' if c.passed else 'FAILED'}" for c in checks))
     print(f"total time        : {wall:.1f} s")

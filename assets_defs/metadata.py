@@ -44,5 +44,6 @@ def to_result(report: StageReport, context: dg.AssetExecutionContext | None = No
     for name, png in report.previews.items():
         md[f"preview_{name}"] = dg.MetadataValue.md(markdown_image(png, name))
     if context is not None:
-        context.log.info(f"{report.stage}: {report.summary()}")
+        scalars = {k: v for k, v in report.summary().items() if isinstance(v, (int, float, str)) and len(str(v)) < 200}
+        context.log.info(f"{report.stage}: {scalars}")
     return dg.MaterializeResult(metadata=md, data_version=dg.DataVersion(report.data_version))

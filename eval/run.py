@@ -51,11 +51,13 @@ DEFAULTS: dict[str, Any] = {
 
 def eval_params(params: dict[str, Any], profile: str) -> dict[str, Any]:
     """``params["eval"]`` over :data:`DEFAULTS`; in profiles demo/smoke each count is capped
-    by ``small_profile``. Raises ValueError for an unknown protocol name."""
+    by ``small_profile`` (non-numeric entries, e.g. ``split``, replace the value).
+    Raises ValueError for an unknown protocol name."""
     p = deep_merge(DEFAULTS, params.get("eval") or {})
     if profile in RANDOM_OK_PROFILES:
         for k, cap in (p.get("small_profile") or {}).items():
-            p[k] = cap if p.get(k) is None else min(p[k], cap)
+            numeric = isinstance(cap, (int, float)) and isinstance(p.get(k), (int, float))
+            p[k] = min(p[k], cap) if numeric else cap
     bad = set(p["protocols"]) - set(ALL_PROTOCOLS)
     if bad:
         raise ValueError(f"eval.protocols: unknown {sorted(bad)}; choose from {ALL_PROTOCOLS}")
@@ -200,9 +202,11 @@ def run_eval_reports(root: str | Path, params: dict[str, Any], *, models_dir: st
                                     kid_subsets=int(p["kid_subsets"]), kid_subset_size=int(p["kid_subset_size"]),
                                     model_info={**first_info, **sampler}))
     if "novel_view" in protos:
-        from training.data import make_dataset
+        from training.data import make_dataset, resize_batch
         lp, note = M.load_lpips(p["lpips_net"], p["lpips_weights_path"], device=dev)
-        results.append(P.novel_view(complete, make_dataset(manifest, split, batch_size=int(p["batch_size"])),
+        pairs = (resize_batch(b, int(p["resolution"])) for b in
+                 make_dataset(manifest, split, batch_size=int(p["batch_size"])))
+        results.append(P.novel_view(complete, pairs,
                                     dataset_version=dataset_version, split=split, max_pairs=p["num_pairs"],
                                     lpips=lp, lpips_note=note, seed=int(p["seed"]),
                                     model_info={**novel_info, **sampler}))

@@ -254,3 +254,36 @@ def make_dataset(manifest_or_dir: str | Path, split: str, *, batch_size: int | N
         ds = ds.batched(batch_size, collation_fn=collate, partial=True)
     ds.set_epoch = epoch.set
     return ds
+
+
+#: Members resized smoothly (RGB); the others (depth, masks) use nearest, as IVID's
+#: ``transform_depth`` (interpolating depth across an edge would invent surfaces).
+SMOOTH_KEYS = ("target", "cond")
+RESIZE_KEYS = ("target", "target_depth", "cond", "cond_depth", "mask", "mask_rgb")
+
+
+def resize_batch(batch: dict[str, Any], resolution: int | None) -> dict[str, Any]:
+    """A copy of ``batch`` with its image members resized to ``resolution`` x ``resolution``.
+
+    RGB (``target``, ``cond``) bilinear with antialiasing; depth and masks nearest-exact.
+    Tensors [B,C,H,W] or [C,H,W] float; other entries are passed through. Returns
+    ``batch`` itself when ``resolution`` is None or already matches.
+    """
+    import torch.nn.functional as F
+
+    sizes = {tuple(batch[k].shape[-2:]) for k in RESIZE_KEYS if k in batch}
+    if not resolution or sizes <= {(resolution, resolution)}:
+        return batch
+    out = dict(batch)
+    for k in RESIZE_KEYS:
+        if k not in batch:
+            continue
+        x = torch.as_tensor(batch[k]).float()
+        squeeze = x.dim() == 3
+        x = x[None] if squeeze else x
+        if k in SMOOTH_KEYS:
+            x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+        else:
+            x = F.interpolate(x, size=(resolution, resolution), mode="nearest-exact")
+        out[k] = x[0] if squeeze else x
+    return out

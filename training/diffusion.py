@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.training_utils import EMAModel
 
@@ -76,13 +75,22 @@ def drop_labels(labels: torch.Tensor | None, p: float, null_class: int | None,
     return torch.where(u < p, torch.full_like(labels, null_class), labels)
 
 
-def model_inputs(batch: dict[str, Any], model_kind: str, device: torch.device | str) -> dict[str, torch.Tensor]:
+def model_inputs(batch: dict[str, Any], model_kind: str, device: torch.device | str,
+                 resolution: int | None = None) -> dict[str, torch.Tensor]:
     """Shard batch ([0, 1] tensors from ``training.data.make_dataset``) -> model tensors.
+
+    When ``resolution`` is given and differs from the batch's H x W, the batch is resized
+    with :func:`training.data.resize_batch`, so shards of any ingest resolution train a
+    model of its configured size.
 
     Returns ``x0`` [B, 4, H, W] in [-1, 1] (RGB + z-buffer depth) and, for
     ``novel_view``, ``cond_rgb`` [B,3,H,W] and ``cond_depth`` [B,1,H,W] in [-1, 1],
     ``mask``/``mask_rgb`` [B,1,H,W] float {0, 1}.
     """
+    from .data import resize_batch
+
+    batch = resize_batch(batch, resolution)
+
     def get(k):
         return torch.as_tensor(batch[k]).to(device=device, dtype=torch.float32, non_blocking=True)
     out = {"x0": to_model_range(torch.cat([get("target"), get("target_depth")], dim=1))}

@@ -215,7 +215,7 @@ class Trainer:
         self.model.train()
         total = 0.0
         for micro, batch in enumerate(batches):
-            inputs = model_inputs(batch, self.mcfg.kind, self.device)
+            inputs = model_inputs(batch, self.mcfg.kind, self.device, self.mcfg.resolution)
             labels = class_labels_from_batch(batch, self.mcfg.class_cond, self.mcfg.num_classes, self.device)
             sync = self.ddp is None or micro == len(batches) - 1
             with (contextlib.nullcontext() if sync else self.ddp.no_sync()), \
