@@ -70,12 +70,13 @@ class WarpConfig(dg.Config):
     radius_std: float = _d("warp", "radius_std", 0.1)
     center_std: float = _d("warp", "center_std", 0.05)
     supersample: int = _d("warp", "supersample", 3)
-    min_coverage: int = _d("warp", "min_coverage", 7)
+    min_coverage: Optional[int] = _d("warp", "min_coverage", 7)
     edge_threshold: float = _d("warp", "edge_threshold", 0.02)
     prewarp_noise: float = _d("warp", "prewarp_noise", 0.005)
     blur_p: float = _d("warp", "blur_p", 0.8)
     blur_kernel: int = _d("warp", "blur_kernel", 3)
     erode_sizes: list[int] = _d("warp", "erode_sizes", [1, 3, 5, 7, 9])
+    padding: float = _d("warp", "padding", 2.0)
     batch_size: int = _d("warp", "batch_size", 16)
 
 

@@ -44,7 +44,9 @@ def pair_rows(pairs: list[dict]) -> pa.Table:
 
 def run_warp(root: Path, params: dict[str, Any], *, device: str | None = None) -> StageReport:
     """Build ``warp.views_per_image`` IVID pairs for every sample with a depth map."""
-    from pipelines.pairs import build_pairs
+    from pipelines.pairs import build_pairs, tune_malloc
+
+    tune_malloc()  # keep freed buffers in-process: ~1/3 less CPU per warp (see pipelines.pairs)
 
     keys_img, img_store, img_info = open_images(root)
     dkeys, depth_store, dinfo = open_depth(root)
