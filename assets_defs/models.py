@@ -16,6 +16,7 @@ from assets_defs.resources import PARAMS, ViewforgeSettings
 
 GROUP = "models"
 _T = PARAMS.get("train") or {}
+_E = PARAMS.get("eval") or {}
 
 
 class TrainModelsConfig(dg.Config):
@@ -26,6 +27,20 @@ class TrainModelsConfig(dg.Config):
     init_novel_from_first: bool = _T.get("init_novel_from_first", True)
     first_view: list[str] = list(_T.get("first_view") or [])
     novel_view: list[str] = list(_T.get("novel_view") or [])
+
+
+class EvalConfig(dg.Config):
+    """Evaluation (the main keys of ``eval`` in params.yaml; the rest are read from the file)."""
+    split: str = _E.get("split", "test")
+    resolution: int = _E.get("resolution", 128)
+    protocols: list[str] = list(_E.get("protocols") or ["generation", "novel_view", "view_sweep"])
+    num_samples: int = _E.get("num_samples", 10000)
+    num_pairs: Optional[int] = _E.get("num_pairs", 1000)
+    sweep_viewsets: int = _E.get("sweep_viewsets", 100)
+    ddim_steps: int = _E.get("ddim_steps", 50)
+    guidance_scale: float = _E.get("guidance_scale", 1.0)
+    feature_extractor_weights_path: Optional[str] = _E.get("feature_extractor_weights_path")
+    lpips_weights_path: Optional[str] = _E.get("lpips_weights_path")
 
 
 @dg.asset(group_name=GROUP, code_version=V.TRAIN, deps=[training_shards], pool="gpu", kinds={"pytorch"},
@@ -55,13 +70,14 @@ def trained_models(context: dg.AssetExecutionContext, config: TrainModelsConfig,
 @dg.asset(group_name=GROUP, code_version=V.EVAL, deps=[trained_models], pool="gpu", kinds={"pytorch"},
           description="FID / KID / FD-DINOv2 generation, novel-view PSNR / SSIM / LPIPS (mask and holes) and the "
                       "IVID view sweep; Markdown + HTML report and DVC metrics.")
-def eval_reports(context: dg.AssetExecutionContext, settings: ViewforgeSettings) -> dg.MaterializeResult:
+def eval_reports(context: dg.AssetExecutionContext, config: EvalConfig,
+                 settings: ViewforgeSettings) -> dg.MaterializeResult:
     from pipelines.stages.train import latest_models
     from eval.run import run_eval_reports
 
     root = settings.root()
     models_dir, manifest = latest_models(root)
-    report = run_eval_reports(root, settings.params(), models_dir=models_dir, manifest=manifest,
+    report = run_eval_reports(root, settings.params("eval", config), models_dir=models_dir, manifest=manifest,
                               out_dir=root / "eval_reports", profile=settings.profile, device=settings.device)
     return to_result(report, context)
 

@@ -77,3 +77,16 @@ def test_whole_graph_then_incremental_reruns(tmp_path, photo_dir, tiny_depth_dir
     md = materialize(root, run_config(photo_dir, tiny_depth_dir, tiny_dinov2_path, blur_p=0.5))
     assert (md["depth_maps"]["computed"], md["depth_maps"]["reused"]) == (0, 5)
     assert (md["warp_pairs"]["computed"], md["warp_pairs"]["reused"]) == (5, 0)
+
+
+def test_definitions_load_and_validate():
+    from assets_defs.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {"source_images", "depth_maps", "warp_pairs", "dinov2_features", "pose_clusters",
+                    "training_shards", "trained_models", "eval_reports"}
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.code_version and node.group_name and node.description, key
