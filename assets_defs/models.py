@@ -50,6 +50,9 @@ def trained_models(context: dg.AssetExecutionContext, config: TrainModelsConfig,
                    settings: ViewforgeSettings) -> dg.MaterializeResult:
     from pipelines.stages.train import plan_training, record_training
 
+    import time
+
+    t0 = time.perf_counter()
     params = settings.params("train", config)
     plan = plan_training(settings.root(), params)
     client = dg.PipesSubprocessClient()
@@ -63,6 +66,7 @@ def trained_models(context: dg.AssetExecutionContext, config: TrainModelsConfig,
             for k, v in (result.metadata or {}).items():
                 metadata[f"{job.kind}/{k}"] = v
     report = record_training(settings.root(), plan)
+    report.seconds = time.perf_counter() - t0
     result = to_result(report, context)
     return dg.MaterializeResult(metadata={**metadata, **(result.metadata or {})}, data_version=result.data_version)
 
