@@ -23,3 +23,16 @@ def tiny_dinov2_path(tmp_path_factory):
     from pipelines.features import save_tiny_dinov2
 
     return save_tiny_dinov2(tmp_path_factory.mktemp("tiny_dinov2") / "dinov2.safetensors", image_size=56)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread for the whole suite: the tests use tiny models, which run fastest
+    on one thread, and with 2 threads on a shared 2-core machine every parallel op can wait
+    for a descheduled OpenMP worker (orders of magnitude slower)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -15,16 +15,6 @@ from pipelines.depth_convention import decode_zbuffer, disparity_to_depth, encod
 from pipelines.pairs import build_pairs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the 2 cores are shared, and OpenMP with 2 threads on a loaded
-    machine is orders of magnitude slower (every parallel op waits for a descheduled worker)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def params(**over):
     p = yaml.safe_load(open(REPO_ROOT / "params.yaml"))
     return {**p["warp"], "near": p["depth"]["near"], "far": p["depth"]["far"], **over}

@@ -10,14 +10,6 @@ from training.models import (NovelViewModel, build_model, init_novel_from_first_
                              tiny_config)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cond(b=2, s=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     mask = (torch.rand(b, 1, s, s, generator=g) > 0.5).float()

@@ -12,15 +12,6 @@ from training.sampling import (CrossFrameAttnProcessor, aggregate_views, cross_f
                                ivid_grid, sample_poses, sample_viewset, view_weights, z_to_zbuffer, zbuffer_to_z)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and the 2 shared cores stay usable."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)

@@ -13,16 +13,6 @@ from pipelines.camera import intrinsics_from_fov, invert_rigid, look_at_opencv
 from pipelines.warping import (depth_edge, discontinuous, forward_backward_warp, forward_warp)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the 2 cores are shared, and OpenMP with 2 threads on a loaded
-    machine is orders of magnitude slower (every parallel op waits for a descheduled worker)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
     m = mask.expand_as(a)
     mse = float(((a - b)[m] ** 2).mean())
