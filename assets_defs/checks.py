@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets_defs.assets import (depth_maps, dinov2_features, pose_clusters, source_images, training_shards,
                                 warp_pairs)
+from assets_defs.models import eval_reports, trained_models
 from assets_defs.resources import ViewforgeSettings
 from pipelines.stages import checks as C
 
@@ -30,4 +31,7 @@ ASSET_CHECKS = [
     _make(pose_clusters, C.check_pose_clusters, "every_image_labelled", "Every image has a pose in range."),
     _make(training_shards, C.check_training_shards, "shards_verify_and_complete",
           "Manifest verifies (sha256, sizes, counts); every sample has every member."),
+    _make(trained_models, C.check_trained_models, "models_loadable",
+          "The latest run has a first-view and a novel-view model directory."),
+    _make(eval_reports, C.check_eval_reports, "metrics_finite", "metrics.json is flat and every number is finite."),
 ]

@@ -13,6 +13,7 @@ from assets_defs.checks import ASSET_CHECKS
 from assets_defs.resources import ViewforgeSettings
 from pipelines.sources import sample_items
 
+DATA_CHECKS = [c for c in ASSET_CHECKS if next(iter(c.check_keys)).asset_key in {a.key for a in DATA_ASSETS}]
 MEMBERS = {"__key__", "target.png", "target_depth.png", "cond.png", "cond_depth.png", "mask.png", "mask_rgb.png",
            "camera.json", "pose.cls", "meta.json"}
 
@@ -30,12 +31,12 @@ def run_config(src: Path, depth_dir, dinov2_path, **warp):
 
 
 def materialize(root, cfg):
-    res = dg.materialize([*DATA_ASSETS, *ASSET_CHECKS], run_config=cfg,
+    res = dg.materialize([*DATA_ASSETS, *DATA_CHECKS], run_config=cfg,
                          resources={"settings": ViewforgeSettings(data_root=str(root), profile="default",
                                                                   chunk_size=2)})
     assert res.success
     checks = [e.event_specific_data for e in res.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
-    assert len(checks) == len(ASSET_CHECKS) and all(c.passed for c in checks), checks
+    assert len(checks) == len(DATA_CHECKS) and all(c.passed for c in checks), checks
     return {e.event_specific_data.materialization.asset_key.to_user_string():
             {k: getattr(v, "value", v) for k, v in e.event_specific_data.materialization.metadata.items()}
             for e in res.get_asset_materialization_events()}
