@@ -20,7 +20,6 @@ from pipelines.depth_convention import disparity_to_depth, encode_zbuffer
 from pipelines.images import encode_png
 from pipelines.models import Resolved, autocast_dtype, load_from_hub, pick_device, resolve_weights
 
-from pipelines.versions import DEPTH as CODE_VERSION  # noqa: E402
 
 DEPTH_SCHEMA = pa.schema([("key", pa.string()), ("disparity_f32", pa.binary()),
                           ("depth_png", pa.binary()), ("height", pa.int32()), ("width", pa.int32()),

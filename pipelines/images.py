@@ -20,7 +20,6 @@ from PIL import Image, ImageOps
 from pipelines.sources import SourceItem
 from pipelines.storage import StageStore
 
-from pipelines.versions import IMAGES as CODE_VERSION  # noqa: E402
 
 
 class BadImage(ValueError):

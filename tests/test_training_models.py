@@ -1,7 +1,6 @@
 """Models and objective: novel-view init, IVID condition noise, save/load, CFG dropout, loss."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from training.diffusion import (DiffusionConfig, class_labels_from_batch, diffusion_loss, drop_labels,

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipelines.depth import CODE_VERSION, DEPTH_SCHEMA, depth_rows, estimate_disparity, load_depth_model
+from pipelines.depth import DEPTH_SCHEMA, depth_rows, estimate_disparity, load_depth_model
+from pipelines.versions import DEPTH as CODE_VERSION
 from pipelines.depth_convention import decode_zbuffer
 from pipelines.images import decode_png, load_images
 from pipelines.previews import colorize, grid_png

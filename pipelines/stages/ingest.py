@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.images import CODE_VERSION, ingest, load_images
+from pipelines.images import ingest, load_images
+from pipelines.versions import IMAGES as CODE_VERSION
 from pipelines.previews import grid_png
 from pipelines.sources import list_source
 from pipelines.stages.common import StageReport, Timer, make_store, result_params
