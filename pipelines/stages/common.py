@@ -15,7 +15,7 @@ from pipelines.storage import StageStore, read_index
 log = logging.getLogger("viewforge")
 
 #: keys of a section that change speed, never results; excluded from stage versions
-NON_RESULT_KEYS = ("batch_size",)
+NON_RESULT_KEYS = ("batch_size", "workers", "num_threads")
 
 
 @dataclass

@@ -42,11 +42,36 @@ def pair_rows(pairs: list[dict]) -> pa.Table:
     return pa.table(cols, schema=PAIR_SCHEMA)
 
 
-def run_warp(root: Path, params: dict[str, Any], *, device: str | None = None) -> StageReport:
-    """Build ``warp.views_per_image`` IVID pairs for every sample with a depth map."""
-    from pipelines.pairs import build_pairs, tune_malloc
+def _worker_init() -> None:
+    """Warp worker process: one intra-op thread (processes, not threads, scale on CPU) and
+    glibc malloc tuned to keep freed buffers (see :func:`pipelines.pairs.tune_malloc`)."""
+    from pipelines.pairs import tune_malloc
 
-    tune_malloc()  # keep freed buffers in-process: ~1/3 less CPU per warp (see pipelines.pairs)
+    torch.set_num_threads(1)
+    tune_malloc()
+
+
+def _warp_job(images: np.ndarray, depth: np.ndarray, keys: list[str], views: int, seed: int,
+              params: dict[str, Any], device: str | None) -> list[dict]:
+    from pipelines.pairs import build_pairs
+
+    return build_pairs(torch.from_numpy(images), torch.from_numpy(depth), keys, views_per_image=views, seed=seed,
+                       params=params, device=device)
+
+
+def run_warp(root: Path, params: dict[str, Any], *, device: str | None = None) -> StageReport:
+    """Build ``warp.views_per_image`` IVID pairs for every sample with a depth map.
+
+    On CPU, sub-batches are warped by ``warp.workers`` processes (one thread each) when a
+    chunk has enough work for them; results do not depend on the split (``build_pairs`` is
+    independent of batch composition), so the output is the same for any worker count.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from pipelines.pairs import tune_malloc
+
+    tune_malloc()
 
     keys_img, img_store, img_info = open_images(root)
     dkeys, depth_store, dinfo = open_depth(root)
@@ -62,17 +87,30 @@ def run_warp(root: Path, params: dict[str, Any], *, device: str | None = None) -
                        key_column="sample_key")
     bs = max(1, int(wp.get("batch_size", 16)) // max(1, int(wp["views_per_image"])))
 
+    on_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
+    workers = max(1, int(wp.get("workers") or 1)) if on_cpu else 1
+    pool: list[ProcessPoolExecutor] = []
+
     def compute(chunk):
-        out = []
+        jobs = []
         for sub in chunked(chunk, bs):
-            images = torch.from_numpy(images_float(img_store, sub))
             depth = disparity_to_depth(load_disparity(depth_store.read(sub)), near=near, min_disparity=min_disp)
-            out.extend(build_pairs(images, depth, list(sub), views_per_image=int(wp["views_per_image"]), seed=seed,
-                                   params={**wp, "near": near, "far": far}, device=device))
-        return pair_rows(out), []
+            jobs.append((images_float(img_store, sub), depth.numpy(), list(sub), int(wp["views_per_image"]), seed,
+                         {**wp, "near": near, "far": far}, device))
+        if workers > 1 and len(jobs) >= 2:
+            if not pool:
+                pool.append(ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init))
+            results = list(pool[0].map(_warp_job, *zip(*jobs)))
+        else:
+            results = [_warp_job(*job) for job in jobs]
+        return pair_rows([p for r in results for p in r]), []
 
     with Timer() as t:
-        computed, reused, failures = run_incremental(store, keys, compute, int(params.get("chunk_size", 256)))
+        try:
+            computed, reused, failures = run_incremental(store, keys, compute, int(params.get("chunk_size", 256)))
+        finally:
+            for ex in pool:
+                ex.shutdown()
         bad = {f["key"] for f in failures}
         ok = [k for k in keys if k not in bad]
         index = store.read(ok, columns=["key", "view", "mask_fraction"]) if ok else PAIR_SCHEMA.empty_table()
@@ -91,7 +129,7 @@ def run_warp(root: Path, params: dict[str, Any], *, device: str | None = None) -
     return StageReport(STAGE, store.version, dv, computed, reused, len(failures), t.seconds, previews=previews,
                        failures=failures,
                        metadata={"pairs": int(index.num_rows), "samples": len(ok),
-                                 "views_per_image": int(wp["views_per_image"]),
+                                 "views_per_image": int(wp["views_per_image"]), "workers": workers,
                                  "pairs_per_s": round(computed * int(wp["views_per_image"]) / max(t.seconds, 1e-9), 2),
                                  "mask_fraction_mean": float(fr.mean()) if fr.size else None,
                                  "mask_fraction_min": float(fr.min()) if fr.size else None})
