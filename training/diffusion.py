@@ -8,7 +8,7 @@ p = 0.1. The forward process is diffusers' ``DDPMScheduler.add_noise``; EMA is d
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.training_utils import EMAModel
 
-from .models import FIRST_VIEW, RGBDDiffusionModel, to_model_range
+from .models import FIRST_VIEW, RGBDDiffusionModel, config_from_dict, to_model_range
 
 
 @dataclass
@@ -31,10 +31,7 @@ class DiffusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DiffusionConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown diffusion config keys: {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "diffusion")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -50,6 +50,15 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1.0) * 0.5).clamp(0.0, 1.0)
 
 
+def config_from_dict(cls: type, d: dict[str, Any], what: str) -> Any:
+    """``cls(**d)`` for a config dataclass; unknown keys raise ``ValueError`` naming them
+    (``what`` says which config: model, diffusion, train), so typos never pass silently."""
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what} config keys: {sorted(unknown)}")
+    return cls(**d)
+
+
 @dataclass
 class ModelConfig:
     """Backbone sizes and conditioning.
@@ -107,11 +116,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         """Build from a dict; unknown keys raise ``ValueError`` (typos must not pass silently)."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "model")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -30,7 +30,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from .diffusion import (DiffusionConfig, class_labels_from_batch, diffusion_loss, make_ddpm_scheduler,
                         make_ema, model_inputs)
-from .models import ModelConfig, NOVEL_VIEW, build_model, init_novel_from_first_view, load_model
+from .models import ModelConfig, NOVEL_VIEW, build_model, config_from_dict, init_novel_from_first_view, load_model
 
 log = logging.getLogger("viewforge.training")
 
@@ -70,10 +70,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown train config keys: {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "train")
 
 
 def _seed(*parts: Any) -> int:

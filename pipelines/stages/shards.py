@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-import pyarrow.parquet as pq
-
 import pipelines.versions as V
 from pipelines.images import decode_png, load_images
 from pipelines.stages.common import StageReport, Timer, chunked
@@ -44,7 +42,7 @@ def run_shards(root: Path, params: dict[str, Any]) -> StageReport:
     img_keys, img_store, img_info = open_images(root)
     _, depth_store, dinfo = open_depth(root)
     poses, pinfo = _pose_lookup(root)
-    src = pq.read_table(Path(root) / "source_images" / "index.parquet", columns=["key", "uri", "label"])
+    src, _ = read_index(root, "source_images")
     uri_of = dict(zip(src.column("key").to_pylist(), src.column("uri").to_pylist()))
     label_of = dict(zip(src.column("key").to_pylist(), src.column("label").to_pylist()))
     label_ids = {name: i for i, name in enumerate(img_info.get("labels", []))}
