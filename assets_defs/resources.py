@@ -78,7 +78,7 @@ class WarpConfig(dg.Config):
     erode_sizes: list[int] = _d("warp", "erode_sizes", [1, 3, 5, 7, 9])
     padding: float = _d("warp", "padding", 2.0)
     batch_size: int = _d("warp", "batch_size", 16)
-    workers: int = _d("warp", "workers", 1)
+    workers: Optional[int] = _d("warp", "workers")   # None = auto (pipelines.stages.warp.resolve_workers)
 
 
 class FeaturesConfig(dg.Config):

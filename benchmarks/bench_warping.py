@@ -1,6 +1,7 @@
 """Benchmark of IVID forward-backward warping (pipelines.warping.forward_backward_warp).
 
-Prints pairs/s (a pair = one forward_backward_warp of one image) and peak memory at
+Prints pairs/s (a pair = one forward_backward_warp of one image; batch / median call time,
+robust to a shared machine's noise) and peak memory at
 128x128 and 256x256, supersample 1 and 3, on CPU (1 and 2 intra-op threads in one process,
 and 2 one-thread processes at once -- how chunks run in parallel) and on CUDA when
 available. Each case runs in a fresh
@@ -23,6 +24,7 @@ import json
 import os
 import subprocess
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -69,19 +71,19 @@ def run_case(device: str, size: int, ss: int, B: int, seconds: float) -> tuple[f
         base = torch.cuda.memory_allocated()
     forward_backward_warp(img, depth, K, T, supersample=ss)          # warm-up
     sync()
-    n, t0 = 0, time.perf_counter()
+    calls, t0 = [], time.perf_counter()
     while True:
+        t = time.perf_counter()
         forward_backward_warp(img, depth, K, T, supersample=ss)
         sync()
-        n += 1
-        if time.perf_counter() - t0 >= seconds and n >= 3:
+        calls.append(time.perf_counter() - t)
+        if time.perf_counter() - t0 >= seconds and len(calls) >= 5:
             break
-    dt = time.perf_counter() - t0
     if device == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
     else:
         peak = maxrss_mib() - rss0
-    return n * B / dt, peak
+    return B / statistics.median(calls), peak
 
 
 def child(spec: str) -> None:

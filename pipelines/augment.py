@@ -14,7 +14,6 @@ else is in a batch.)
 from __future__ import annotations
 
 import torch
-from torchvision.transforms.functional import gaussian_blur
 
 Gen = torch.Generator | int
 
@@ -79,8 +78,8 @@ def random_blur(image: torch.Tensor, generator: Gen, *, p: float = 0.8,
 
     IVID replaces the condition RGB by ``cv2.GaussianBlur(x_0, (3, 3), sigma)`` of the
     original (clean) image, then masks it; this returns the blurred image and leaves the
-    masking to the caller. Uses ``torchvision.transforms.functional.gaussian_blur``
-    (reflect padding, like OpenCV's default BORDER_REFLECT_101).
+    masking to the caller. The blur is :func:`gaussian_blur` (reflect padding, like
+    OpenCV's default BORDER_REFLECT_101).
 
     Args:
         image: float [C, H, W] (H, W >= kernel_size // 2 + 1).
@@ -101,7 +100,26 @@ def random_blur(image: torch.Tensor, generator: Gen, *, p: float = 0.8,
     u, sigma = _uniform(g), _uniform(g) + 1e-3
     if u >= p:
         return image.float(), False, sigma
-    return gaussian_blur(image.float(), [kernel_size, kernel_size], [sigma, sigma]), True, sigma
+    return gaussian_blur(image, kernel_size, sigma), True, sigma
+
+
+def gaussian_blur(image: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
+    """Gaussian blur of a float [C, H, W] image with a ``kernel_size`` x ``kernel_size``
+    kernel, reflect padding (OpenCV BORDER_REFLECT_101), float32 [C, H, W] out.
+
+    The same kernel and arithmetic as ``torchvision.transforms.functional.gaussian_blur``
+    (tested equal), without importing torchvision: its import pulls in torch._dynamo and
+    costs several seconds per warp worker process.
+    """
+    img = image.float()
+    half = (kernel_size - 1) * 0.5
+    x = torch.linspace(-half, half, steps=kernel_size, dtype=img.dtype, device=img.device)
+    pdf = torch.exp(-0.5 * (x / sigma).pow(2))
+    k1 = pdf / pdf.sum()
+    kernel = torch.mm(k1[:, None], k1[None, :]).expand(img.shape[0], 1, kernel_size, kernel_size)
+    r = kernel_size // 2
+    padded = torch.nn.functional.pad(img[None], [r, r, r, r], mode="reflect")
+    return torch.nn.functional.conv2d(padded, kernel, groups=img.shape[0])[0]
 
 
 def erode(mask: torch.Tensor, k: int) -> torch.Tensor:

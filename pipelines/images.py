@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +19,6 @@ from PIL import Image, ImageOps
 
 from pipelines.sources import SourceItem
 from pipelines.storage import StageStore
-
 
 
 class BadImage(ValueError):
@@ -107,10 +106,14 @@ def center_crop_resize(img: Image.Image, resolution: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def encode_png(arr: np.ndarray) -> bytes:
-    """Lossless PNG of a uint8 [H,W,3]/[H,W] or uint16 [H,W] array (deterministic bytes)."""
+def encode_png(arr: np.ndarray, compress_level: int = 6) -> bytes:
+    """Lossless PNG of a uint8 [H,W,3]/[H,W] or uint16 [H,W] array (deterministic bytes).
+
+    ``compress_level`` is zlib's 0-9 (Pillow): 1 is ~2.5x faster than 6 for ~7% more bytes,
+    the right trade for stage caches that the shard writer re-encodes anyway.
+    """
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", compress_level=6)
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 

@@ -19,7 +19,9 @@ never on which other samples share its batch (bit-identical on CPU).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +57,17 @@ def tune_malloc(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 31) ->
         return bool(libc.mallopt(-3, int(mmap_threshold))) and bool(libc.mallopt(-1, int(trim_threshold)))
     except (OSError, AttributeError):
         return False
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads, restoring the previous count after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _check(images, depths, keys, views_per_image, params) -> None:

@@ -36,6 +36,7 @@ intra-op thread per process on shared machines and see :func:`pipelines.pairs.tu
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -119,7 +120,7 @@ def _span_lines(al, C, be):
     Returns two lower and two upper lines ``(P, Q)``: ``dx >= P + Q r`` / ``dx <= P + Q r``
     (a non-binding line where a triangle has a single edge of that kind).
     """
-    r = [1.0 / torch.where(a == 0, torch.ones_like(a), a) for a in al]
+    r = [1.0 / a for a in al]      # inf where a == 0: such a line is never picked below
     PQ = [((-_BARY_EPS - C[i]) * r[i], -be[i] * r[i]) for i in range(3)]
     pos, neg = [a > 0 for a in al], [a < 0 for a in al]
 
@@ -239,7 +240,7 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     nrow = torch.where(area2 == 0, 0, nrow).to(i32)            # degenerate: nothing to draw
     rt = torch.repeat_interleave(torch.arange(Tn, device=dev, dtype=i32), nrow)
     G = lambda t: t.index_select(0, rt)
-    r = torch.arange(rt.numel(), device=dev, dtype=i32) - G((torch.cumsum(nrow, 0) - nrow).to(i32)
+    r = torch.arange(rt.numel(), device=dev, dtype=i32) - G((torch.cumsum(nrow, 0, dtype=i32) - nrow)
                                                            - torch.clamp(-ymin, min=0).to(i32))
     rf = r.to(f32)
     lo = torch.maximum(G(La[1]).mul_(rf).add_(G(La[0])), G(Lb[1]).mul_(rf).add_(G(Lb[0]))).ceil_()
@@ -252,52 +253,72 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     # Candidates: one per (row, sub-pixel); z-test by an atomic max of (1/z bits, -index).
     cr = torch.repeat_interleave(torch.arange(rt.numel(), device=dev, dtype=i32), n)
     Gc = lambda t: t.index_select(0, cr)
-    dx = torch.arange(cr.numel(), device=dev, dtype=i32) - Gc((torch.cumsum(n, 0) - n).to(i32))
+    dx = torch.arange(cr.numel(), device=dev, dtype=i32) - Gc(torch.cumsum(n, 0, dtype=i32) - n)
     inv_z = Gc(r_ia).mul_(dx.to(f32)).add_(Gc(r_iz)).clamp_(min=1e-30)
     # int64 key = (bits of 1/z) * 2**32 + (2**32 - 1 - triangle): max = nearest, then lowest
     # index; built and read as two int32 words (little-endian: low word first).
     words = [Gc(~rt), inv_z.view(i32)]
     key = torch.stack(words if _LITTLE else words[::-1], 1).view(i64).reshape(-1)
-    buf = torch.full((B * Hs * Ws,), -1, dtype=i64, device=dev)
+    # Empty sub-pixels keep key (INT32_MIN, ~Tn): below every candidate (1/z bits > 0), and
+    # they decode to the sentinel triangle Tn (no colour, zero planes, -0.0 for 1/z).
+    buf = torch.full((B * Hs * Ws,), -(2 ** 63) + (2 ** 32 - 1 - Tn), dtype=i64, device=dev)
     buf.scatter_reduce_(0, Gc(r_pix).add_(dx), key, reduce="amax", include_self=True)
 
-    # Resolve: winning triangle -> perspective-correct nearest source pixel, depth.
-    bw = buf.view(i32).reshape(-1, 2)
+    # Resolve: winning triangle -> perspective-correct nearest source pixel, depth. Sub-pixels
+    # are read in [sy, sx, B, Ht, Wt] order, so the ss x ss downsample sums whole slabs.
+    bw = buf.index_select(0, _subpixel_order(B, Ht, Wt, ss, dev)).view(i32).reshape(-1, 2)
     lo_w, hi_w = (bw[:, 0], bw[:, 1]) if _LITTLE else (bw[:, 1], bw[:, 0])
-    wid = ~lo_w                                  # empty (-1) decodes to index 0, masked below
-    hit = hi_w >= 0
-    inv_z = torch.where(hit, hi_w, 0x3F800000).view(f32)
-    A = lambda t: t.index_select(0, wid).reshape(B, Hs * Ws)
-    gx = torch.arange(Ws, device=dev, dtype=f32).repeat(Hs)
-    gy = torch.arange(Hs, device=dev, dtype=f32).repeat_interleave(Ws)
-    izr = inv_z.reshape(B, Hs * Ws)
-    half = izr * 0.5
+    wid = ~lo_w
+    inv_z = hi_w.view(f32)                       # -0.0 where empty
+    A = lambda t, empty=0: torch.cat([t, t.new_full((1,), empty)]).index_select(0, wid)
+    gx, gy = _subpixel_coords(B, Ht, Wt, ss, dev)
+    half = inv_z * 0.5
+    # Texel rule as arithmetic (no per-sub-pixel branches): src = R + [A wins] (A - R) +
+    # [B wins, A not] (B - R); a triangle without colour reads the zero pixel B*H*W.
+    ci = colour.to(i32)
+    tR = torch.where(colour, tR, B * H * W)
+    dA, dB = (tA - tR) * ci, (tB - tR) * ci
     pick_a = A(nA[1]).mul_(gx).add_(A(nA[0])).add_(A(nA[2]).mul_(gy)) >= half
     pick_b = A(nB[1]).mul_(gx).add_(A(nB[0])).add_(A(nB[2]).mul_(gy)) >= half
-    coloured = hit & A(colour).reshape(-1)
-    src = torch.where(pick_a, A(tA), torch.where(pick_b, A(tB), A(tR))).reshape(-1)
-    src = torch.where(coloured, src, B * H * W)  # uncoloured samples read a zero pixel
+    src = A(tR, B * H * W).add_(A(dA).mul_(pick_a)).add_(A(dB).mul_(pick_b & ~pick_a))
+    coloured = A(colour)
     chans = torch.cat([image.to(f32).permute(1, 0, 2, 3).reshape(C, -1),
                        torch.zeros((C, 1), device=dev)], 1)
-    planes = torch.empty((C + 1, B * Hs * Ws), device=dev)
+    planes = torch.empty((C, B * Hs * Ws), device=dev)
     for k in range(C):
         torch.index_select(chans[k], 0, src, out=planes[k])
-    planes[C] = coloured
 
     # Downsample ss x ss -> 1: fixed-order sums over columns, then rows (batch independent).
-    t = planes.reshape(C + 1, B * Hs * Wt, ss)
-    acc = sum((t[..., k] for k in range(1, ss)), t[..., 0].clone())
-    t = acc.reshape(C + 1, B * Ht, ss, Wt)
-    acc = sum((t[:, :, k] for k in range(1, ss)), t[:, :, 0].clone()).reshape(C + 1, B, Ht, Wt).transpose(0, 1)
-    cnt = acc[:, C:].round()
-    out = (acc[:, :C] / torch.clamp(cnt, min=1.0)).contiguous()
+    t = planes.reshape(C, ss, ss, B * Ht * Wt)
+    rows = [sum((t[:, sy, k] for k in range(1, ss)), t[:, sy, 0]) for sy in range(ss)]
+    acc = sum(rows[1:], rows[0]).reshape(C, B, Ht, Wt).transpose(0, 1)
+    cnt = coloured.reshape(ss * ss, B, 1, Ht, Wt).sum(0, dtype=i32).to(f32)
+    out = (acc / torch.clamp(cnt, min=1.0)).contiguous()
     off = (ss - 1) // 2
-    zc = inv_z.reshape(B, Ht, ss, Wt, ss)[:, :, off, :, off]
-    hc = hit.reshape(B, Ht, ss, Wt, ss)[:, :, off, :, off]
-    zout = torch.where(hc, 1.0 / zc, float("inf"))[:, None].contiguous()
+    zc = inv_z.reshape(ss, ss, B, 1, Ht, Wt)[off, off]
+    zout = torch.where(zc > 0, 1.0 / zc, float("inf"))
     covered = cnt >= min_cov
     mask = covered & torch.isfinite(zout) & ~depth_edge(zout, thr)
     return out, zout, covered, mask
+
+
+@functools.lru_cache(maxsize=8)
+def _subpixel_order(B: int, Ht: int, Wt: int, ss: int, dev: torch.device) -> torch.Tensor:
+    """Raster indices (b, y, x) of the sub-pixels listed in [sy, sx, b, ty, tx] order
+    (y = ty * ss + sy, x = tx * ss + sx), int64 [ss * ss * B * Ht * Wt]."""
+    a = lambda n, s: torch.arange(n, device=dev, dtype=torch.long).reshape(s)
+    y = a(Ht, (1, 1, 1, Ht, 1)) * ss + a(ss, (ss, 1, 1, 1, 1))
+    x = a(Wt, (1, 1, 1, 1, Wt)) * ss + a(ss, (1, ss, 1, 1, 1))
+    return ((a(B, (1, 1, B, 1, 1)) * (Ht * ss) + y) * (Wt * ss) + x).reshape(-1)
+
+
+@functools.lru_cache(maxsize=8)
+def _subpixel_coords(B: int, Ht: int, Wt: int, ss: int, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sub-pixel centre coordinates (x, y), float32, in :func:`_subpixel_order`'s order."""
+    order = _subpixel_order(B, Ht, Wt, ss, dev)
+    x = torch.remainder(order, Wt * ss)
+    y = torch.remainder(torch.div(order, Wt * ss, rounding_mode="floor"), Ht * ss)
+    return x.to(torch.float32), y.to(torch.float32)
 
 
 def _check_opts(supersample, min_coverage, edge_threshold, padding) -> tuple[int, int]:

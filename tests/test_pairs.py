@@ -11,7 +11,11 @@ from scipy import ndimage
 
 from pipelines import augment
 from pipelines.config import REPO_ROOT
-from pipelines.depth_convention import decode_zbuffer, disparity_to_depth, encode_zbuffer
+from pipelines.depth_convention import (
+    decode_zbuffer,
+    disparity_to_depth,
+    encode_zbuffer,
+)
 from pipelines.pairs import build_pairs
 
 
@@ -125,6 +129,26 @@ def test_texture_erosion_sizes_and_seed():
     ks = {augment.texture_erosion(m, s)[1] for s in range(200)}
     assert ks == {1, 3, 5, 7, 9}
     assert augment.texture_erosion(m, 3)[1] == augment.texture_erosion(m, 3)[1]
+
+
+@pytest.mark.parametrize("kernel_size, sigma, shape", [(3, 0.3, (3, 16, 16)), (3, 1.001, (3, 9, 20)),
+                                                      (5, 2.5, (1, 7, 7))])
+def test_gaussian_blur_equals_torchvision(kernel_size, sigma, shape):
+    from torchvision.transforms.functional import gaussian_blur as tv_blur
+
+    img = torch.rand(shape, generator=torch.Generator().manual_seed(kernel_size))
+    ours = augment.gaussian_blur(img, kernel_size, sigma)
+    assert ours.shape == img.shape and ours.dtype == torch.float32
+    assert torch.equal(ours, tv_blur(img, [kernel_size, kernel_size], [sigma, sigma]))
+
+
+def test_warp_path_does_not_import_torchvision():
+    import subprocess
+    import sys
+
+    code = "import sys, pipelines.pairs, pipelines.stages.warp; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_random_blur_probability_and_sigma():

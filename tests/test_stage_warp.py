@@ -8,7 +8,16 @@ from pipelines.config import load_params
 from pipelines.sources import sample_items
 from pipelines.stages.depth import run_depth
 from pipelines.stages.ingest import run_ingest
-from pipelines.stages.warp import open_pairs, run_warp
+from pipelines.stages.warp import AUTO_MIN_PAIRS, open_pairs, resolve_workers, run_warp
+
+
+def test_auto_workers_only_for_enough_pending_pairs(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert resolve_workers(None, AUTO_MIN_PAIRS - 1, on_cpu=True) == 1
+    assert resolve_workers(None, AUTO_MIN_PAIRS, on_cpu=True) == 3
+    assert resolve_workers(None, 10 ** 6, on_cpu=False) == 1      # GPU: one process
+    assert resolve_workers(2, 0, on_cpu=True) == 2                # explicit count wins
+    assert resolve_workers(0, 10 ** 6, on_cpu=True) == 1
 
 
 @pytest.mark.timeout(300)
