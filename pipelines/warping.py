@@ -27,24 +27,25 @@ which is at once the relative depth jump ``|dz|/z_min`` and the relative dispari
 with it near its unit working depth (the pivot at z = 1); the relative form makes every
 result invariant to the depth unit (scale depth and translation together).
 
-Implementation: scanline rasterisation -- (triangle, sub-pixel row) spans from barycentric
-half-planes (tolerance 1e-4 closes cracks on shared edges), then one z-test for all
-candidates by ``scatter_reduce(amax)`` of int64 keys (bits of 1/z, then triangle index).
+Implementation: the mesh (vertices, triangulation, culling, barycentric planes, span lines)
+is set up with batched tensor ops here; :mod:`pipelines.raster` then rasterises it --
+(triangle, sub-pixel row) spans from barycentric half-planes (tolerance 1e-4 closes cracks
+on shared edges), one z-test per candidate on int64 keys (bits of 1/z, then triangle index)
+-- with numba loops on CPU or tensor ops on any device; the two backends are bit-identical.
 Only elementwise IEEE arithmetic, gathers and scatters (no matmul, no fused multiply-add),
 so a sample's result is bit-identical whatever else shares its batch. On CPU use one
 intra-op thread per process on shared machines and see :func:`pipelines.pairs.tune_malloc`.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 
 from pipelines.camera import invert_rigid
+from pipelines.raster import Mesh, rasterise
 
 _BARY_EPS = 1e-4       # inside test tolerance, barycentric units (closes cracks on shared edges)
-_LITTLE = __import__("sys").byteorder == "little"
 
 
 @dataclass
@@ -138,7 +139,7 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     ``flag_disc=False`` draws discontinuity triangles with colour (IVID's forward pass).
     """
     B, C, H, W = image.shape
-    dev, f32, i32, i64 = image.device, torch.float32, torch.int32, torch.long  # int32 gathers
+    dev, f32, i32 = image.device, torch.float32, torch.int32  # int32 gathers
     z = depth[:, 0].to(f32)
     gvalid = torch.isfinite(z) & (z > 0)
     cvalid = gvalid if src_valid is None else gvalid & src_valid[:, 0]
@@ -235,90 +236,12 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     pix0 = (bidx * Hs + ymin.long()) * Ws
     izA = (izp[0] + izp[2] * dy0) - izp[1] * X0  # 1/z at (X, row r) = izA + izp2 r + izp1 X
 
-    # Rows: one per (triangle, sub-pixel row) -> span [lo, hi] of sub-pixel columns.
-    nrow = torch.clamp(ymax, max=Hs - 1) - torch.clamp(ymin, min=0) + 1
-    nrow = torch.where(area2 == 0, 0, nrow).to(i32)            # degenerate: nothing to draw
-    rt = torch.repeat_interleave(torch.arange(Tn, device=dev, dtype=i32), nrow)
-    G = lambda t: t.index_select(0, rt)
-    r = torch.arange(rt.numel(), device=dev, dtype=i32) - G((torch.cumsum(nrow, 0, dtype=i32) - nrow)
-                                                           - torch.clamp(-ymin, min=0).to(i32))
-    rf = r.to(f32)
-    lo = torch.maximum(G(La[1]).mul_(rf).add_(G(La[0])), G(Lb[1]).mul_(rf).add_(G(Lb[0]))).ceil_()
-    hi = torch.minimum(G(Ra[1]).mul_(rf).add_(G(Ra[0])), G(Rb[1]).mul_(rf).add_(G(Rb[0]))).floor_()
-    lo, hi = lo.clamp_(min=0), hi.clamp_(max=Ws - 1)
-    n = (hi - lo + 1).clamp_(min=0).to(i32)
-    r_ia = G(izp[1])
-    r_iz = G(izp[2]).mul_(rf).add_(G(izA)).add_(r_ia * lo)
-    r_pix = G(pix0).add_(r.to(i64) * Ws).add_(lo.to(i64))
-    # Candidates: one per (row, sub-pixel); z-test by an atomic max of (1/z bits, -index).
-    cr = torch.repeat_interleave(torch.arange(rt.numel(), device=dev, dtype=i32), n)
-    Gc = lambda t: t.index_select(0, cr)
-    dx = torch.arange(cr.numel(), device=dev, dtype=i32) - Gc(torch.cumsum(n, 0, dtype=i32) - n)
-    inv_z = Gc(r_ia).mul_(dx.to(f32)).add_(Gc(r_iz)).clamp_(min=1e-30)
-    # int64 key = (bits of 1/z) * 2**32 + (2**32 - 1 - triangle): max = nearest, then lowest
-    # index; built and read as two int32 words (little-endian: low word first).
-    words = [Gc(~rt), inv_z.view(i32)]
-    key = torch.stack(words if _LITTLE else words[::-1], 1).view(i64).reshape(-1)
-    # Empty sub-pixels keep key (INT32_MIN, ~Tn): below every candidate (1/z bits > 0), and
-    # they decode to the sentinel triangle Tn (no colour, zero planes, -0.0 for 1/z).
-    buf = torch.full((B * Hs * Ws,), -(2 ** 63) + (2 ** 32 - 1 - Tn), dtype=i64, device=dev)
-    buf.scatter_reduce_(0, Gc(r_pix).add_(dx), key, reduce="amax", include_self=True)
-
-    # Resolve: winning triangle -> perspective-correct nearest source pixel, depth. Sub-pixels
-    # are read in [sy, sx, B, Ht, Wt] order, so the ss x ss downsample sums whole slabs.
-    bw = buf.index_select(0, _subpixel_order(B, Ht, Wt, ss, dev)).view(i32).reshape(-1, 2)
-    lo_w, hi_w = (bw[:, 0], bw[:, 1]) if _LITTLE else (bw[:, 1], bw[:, 0])
-    wid = ~lo_w
-    inv_z = hi_w.view(f32)                       # -0.0 where empty
-    A = lambda t, empty=0: torch.cat([t, t.new_full((1,), empty)]).index_select(0, wid)
-    gx, gy = _subpixel_coords(B, Ht, Wt, ss, dev)
-    half = inv_z * 0.5
-    # Texel rule as arithmetic (no per-sub-pixel branches): src = R + [A wins] (A - R) +
-    # [B wins, A not] (B - R); a triangle without colour reads the zero pixel B*H*W.
-    ci = colour.to(i32)
-    tR = torch.where(colour, tR, B * H * W)
-    dA, dB = (tA - tR) * ci, (tB - tR) * ci
-    pick_a = A(nA[1]).mul_(gx).add_(A(nA[0])).add_(A(nA[2]).mul_(gy)) >= half
-    pick_b = A(nB[1]).mul_(gx).add_(A(nB[0])).add_(A(nB[2]).mul_(gy)) >= half
-    src = A(tR, B * H * W).add_(A(dA).mul_(pick_a)).add_(A(dB).mul_(pick_b & ~pick_a))
-    coloured = A(colour)
-    chans = torch.cat([image.to(f32).permute(1, 0, 2, 3).reshape(C, -1),
-                       torch.zeros((C, 1), device=dev)], 1)
-    planes = torch.empty((C, B * Hs * Ws), device=dev)
-    for k in range(C):
-        torch.index_select(chans[k], 0, src, out=planes[k])
-
-    # Downsample ss x ss -> 1: fixed-order sums over columns, then rows (batch independent).
-    t = planes.reshape(C, ss, ss, B * Ht * Wt)
-    rows = [sum((t[:, sy, k] for k in range(1, ss)), t[:, sy, 0]) for sy in range(ss)]
-    acc = sum(rows[1:], rows[0]).reshape(C, B, Ht, Wt).transpose(0, 1)
-    cnt = coloured.reshape(ss * ss, B, 1, Ht, Wt).sum(0, dtype=i32).to(f32)
-    out = (acc / torch.clamp(cnt, min=1.0)).contiguous()
-    off = (ss - 1) // 2
-    zc = inv_z.reshape(ss, ss, B, 1, Ht, Wt)[off, off]
+    mesh = Mesh(ymin, ymax, area2 != 0, La, Lb, Ra, Rb, izp[1], izp[2], izA, pix0, nA, nB, tA, tB, tR, colour)
+    out, cnt, zc = rasterise(mesh, image, Ht, Wt, ss)
     zout = torch.where(zc > 0, 1.0 / zc, float("inf"))
     covered = cnt >= min_cov
     mask = covered & torch.isfinite(zout) & ~depth_edge(zout, thr)
     return out, zout, covered, mask
-
-
-@functools.lru_cache(maxsize=8)
-def _subpixel_order(B: int, Ht: int, Wt: int, ss: int, dev: torch.device) -> torch.Tensor:
-    """Raster indices (b, y, x) of the sub-pixels listed in [sy, sx, b, ty, tx] order
-    (y = ty * ss + sy, x = tx * ss + sx), int64 [ss * ss * B * Ht * Wt]."""
-    a = lambda n, s: torch.arange(n, device=dev, dtype=torch.long).reshape(s)
-    y = a(Ht, (1, 1, 1, Ht, 1)) * ss + a(ss, (ss, 1, 1, 1, 1))
-    x = a(Wt, (1, 1, 1, 1, Wt)) * ss + a(ss, (1, ss, 1, 1, 1))
-    return ((a(B, (1, 1, B, 1, 1)) * (Ht * ss) + y) * (Wt * ss) + x).reshape(-1)
-
-
-@functools.lru_cache(maxsize=8)
-def _subpixel_coords(B: int, Ht: int, Wt: int, ss: int, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sub-pixel centre coordinates (x, y), float32, in :func:`_subpixel_order`'s order."""
-    order = _subpixel_order(B, Ht, Wt, ss, dev)
-    x = torch.remainder(order, Wt * ss)
-    y = torch.remainder(torch.div(order, Wt * ss, rounding_mode="floor"), Ht * ss)
-    return x.to(torch.float32), y.to(torch.float32)
 
 
 def _check_opts(supersample, min_coverage, edge_threshold, padding) -> tuple[int, int]:
