@@ -141,7 +141,7 @@ def run_eval_reports(root: str | Path, params: dict[str, Any], *, models_dir: st
             ``features.local_path``).
         ValueError: bad parameters, too few real images or pairs.
     """
-    from pipelines.shards import read_manifest
+    from pipelines.shard_manifest import read_manifest
     from training.sampling import ddim_sample, sample_viewset
     from training.models import from_model_range, to_model_range
     from training.diffusion import class_labels_from_batch

@@ -1,4 +1,5 @@
-"""WebDataset shards of IVID training pairs: split, encode, write, verify.
+"""WebDataset shards of IVID training pairs: split, encode, write (verify and read the
+manifest: :mod:`pipelines.shard_manifest`).
 
 Sample schema: ``../shared/DESIGN.md`` ("Shard sample schema (IVID pair)"). Tars are
 written with ``webdataset.TarWriter`` (https://github.com/webdataset/webdataset,
@@ -37,7 +38,6 @@ import io
 import json
 import re
 import tarfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -46,10 +46,10 @@ import webdataset as wds
 from PIL import Image
 
 from pipelines.depth_convention import DEPTH_ENCODING_NAME, depth_encoding  # noqa: F401 (re-export)
+from pipelines.shard_manifest import (MANIFEST_NAME, MANIFEST_SCHEMA_VERSION, SHARD_RE, HashingFile,
+                                      manifest_digest, split_totals)
 from pipelines.storage import atomic_path, remove_stale_temporaries, write_json_atomic
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_SCHEMA_VERSION = 1
 SAMPLE_SCHEMA = "ivid_pair/1"
 PNG_COMPRESS_LEVEL = 6
 #: Fixed tar header fields (TarWriter sets mtime/mode/uname/gname; uid = gid = 0 is
@@ -58,7 +58,6 @@ TAR_HEADER = {"mtime": 0, "mode": 0o444, "user": "viewforge", "group": "viewforg
 IMAGE_MEMBERS = ("target.png", "cond.png")
 DEPTH_MEMBERS = ("target_depth.png", "cond_depth.png")
 MASK_MEMBERS = ("mask.png", "mask_rgb.png")
-_SHARD_RE = re.compile(r"^([A-Za-z0-9_]+)-(\d{6})\.tar$")
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9_]+$")
 _BLOCK = tarfile.BLOCKSIZE
 
@@ -168,27 +167,6 @@ def _tar_bytes(sample: dict[str, bytes | str]) -> int:
                for k, v in sample.items() if not k.startswith("_"))
 
 
-class _Hashing:
-    """File wrapper that counts and sha256-hashes the bytes written or read through it."""
-
-    def __init__(self, f: Any):
-        self.f, self.sha, self.size = f, hashlib.sha256(), 0
-
-    def _see(self, data: bytes) -> bytes:
-        self.sha.update(data)
-        self.size += len(data)
-        return data
-
-    def write(self, data: bytes) -> int:
-        return self.f.write(self._see(data))
-
-    def read(self, n: int = -1) -> bytes:
-        return self._see(self.f.read(n))
-
-    def flush(self) -> None:
-        self.f.flush()
-
-
 class _ShardSequence:
     """One split's shard sequence: open shard, roll-over, atomic rename on close."""
 
@@ -202,7 +180,7 @@ class _ShardSequence:
         self.name = f"{self.split}-{self.index:06d}.tar"
         self.stack = contextlib.ExitStack()
         tmp = self.stack.enter_context(atomic_path(self.out_dir / self.name))
-        self.file = _Hashing(self.stack.enter_context(open(tmp, "wb")))
+        self.file = HashingFile(self.stack.enter_context(open(tmp, "wb")))
         self.tar = wds.TarWriter(self.file, **TAR_HEADER)  # default encoder: str -> utf-8
         self.count, self.members_bytes = 0, 0
 
@@ -295,7 +273,7 @@ def write_shards(pairs: Iterable[dict], out_dir: str | Path, *, fractions: dict[
     shards = [s for seq in seqs.values() for s in seq.done]
     names = {s["name"] for s in shards}
     for p in out.glob("*.tar"):
-        if _SHARD_RE.match(p.name) and p.name not in names:
+        if SHARD_RE.match(p.name) and p.name not in names:
             p.unlink()
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
@@ -304,142 +282,9 @@ def write_shards(pairs: Iterable[dict], out_dir: str | Path, *, fractions: dict[
         "params": {"fractions": dict(sorted(fractions.items())), "maxcount": int(maxcount),
                    "maxsize": float(maxsize)},
         "shards": shards,
-        "splits": _split_totals(shards, seqs),
-        "digest": _digest(shards),
+        "splits": split_totals(shards, seqs),
+        "digest": manifest_digest(shards),
         "extra": dict(extra or {}),
     }
     write_json_atomic(out / MANIFEST_NAME, manifest)
     return manifest
-
-
-def _split_totals(shards: list[dict], splits: Iterable[str]) -> dict[str, dict[str, int]]:
-    out = {s: {"shards": 0, "count": 0, "bytes": 0} for s in splits}
-    for d in shards:
-        t = out.setdefault(d["split"], {"shards": 0, "count": 0, "bytes": 0})
-        t["shards"] += 1
-        t["count"] += d["count"]
-        t["bytes"] += d["bytes"]
-    return out
-
-
-def _digest(shards: list[dict]) -> str:
-    return hashlib.sha256("".join(f"{d['name']} {d['sha256']}\n" for d in shards).encode()
-                          ).hexdigest()
-
-
-def read_manifest(manifest: str | Path | dict, root: str | Path | None = None
-                  ) -> tuple[dict, Path]:
-    """Load a manifest and the directory its shard names are relative to.
-
-    Args:
-        manifest: path to ``manifest.json``, a shard directory containing it, or a dict.
-        root: shard directory; default: the manifest's directory (required for a dict).
-
-    Raises:
-        FileNotFoundError: the manifest file does not exist (incomplete or absent set).
-        ValueError: a dict without ``root``, or an unknown manifest schema version.
-    """
-    if isinstance(manifest, dict):
-        if root is None:
-            raise ValueError("root is required when the manifest is given as a dict")
-        data = manifest
-    else:
-        path = Path(manifest)
-        if path.is_dir():
-            path = path / MANIFEST_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no shard manifest (absent, or a write is "
-                                    "incomplete: rerun the shard writer)")
-        data = json.loads(path.read_text())
-        root = path.parent if root is None else root
-    if data.get("schema_version") != MANIFEST_SCHEMA_VERSION:
-        raise ValueError(f"unknown manifest schema_version {data.get('schema_version')!r}")
-    return data, Path(root)
-
-
-@dataclass
-class VerifyReport:
-    """Result of :func:`verify`: ``ok`` is True iff ``problems`` is empty."""
-
-    ok: bool
-    problems: list[str] = field(default_factory=list)
-    shards: int = 0
-    samples: int = 0
-
-
-def _scan_shard(path: Path) -> tuple[str, int, int, str | None]:
-    """One pass over a shard: (sha256, bytes, sample count, tar error or None)."""
-    with open(path, "rb") as f:
-        reader = _Hashing(f)
-        keys: list[str] = []
-        error = None
-        try:
-            with tarfile.open(fileobj=reader, mode="r|") as tar:
-                for member in tar:
-                    key, _ = wds.tariterators.base_plus_ext(member.name)
-                    if key is not None and (not keys or keys[-1] != key):
-                        keys.append(key)
-        except (tarfile.TarError, OSError, EOFError) as exn:
-            error = f"{type(exn).__name__}: {exn}"
-        while reader.read(1 << 20):
-            pass
-    if error is None and len(set(keys)) != len(keys):
-        error = "a sample key occurs in non-contiguous members"
-    return reader.sha.hexdigest(), reader.size, len(keys), error
-
-
-def verify(manifest: str | Path | dict, root: str | Path | None = None) -> VerifyReport:
-    """Re-hash every shard of a manifest and check sizes, sample counts and completeness.
-
-    Checks per shard: file present, byte size, sha256, sample count (distinct keys of
-    the tar members, read as webdataset groups them), readable tar. Also: split totals
-    and ``digest`` match the shard list, no duplicate names, and no stray ``{split}-NNNNNN.tar`` in
-    ``root`` that the manifest does not list. Problems are reported, never raised.
-
-    Args:
-        manifest: as in :func:`read_manifest`.
-        root: shard directory (default: the manifest's directory).
-
-    Returns:
-        :class:`VerifyReport` with ``ok``, ``problems`` (human-readable strings),
-        ``shards`` checked and ``samples`` counted.
-
-    Raises:
-        FileNotFoundError: the manifest file itself is missing.
-    """
-    try:
-        data, root = read_manifest(manifest, root)
-    except ValueError as exn:
-        return VerifyReport(False, [str(exn)])
-    problems: list[str] = []
-    shards = data.get("shards", [])
-    names = [s["name"] for s in shards]
-    if len(set(names)) != len(names):
-        problems.append("duplicate shard names in manifest")
-    samples = 0
-    for s in shards:
-        path = root / s["name"]
-        if not path.is_file():
-            problems.append(f"{s['name']}: missing")
-            continue
-        sha, size, count, error = _scan_shard(path)
-        samples += count
-        if size != s["bytes"]:
-            problems.append(f"{s['name']}: {size} bytes, manifest says {s['bytes']}")
-        if sha != s["sha256"]:
-            problems.append(f"{s['name']}: sha256 {sha} != manifest {s['sha256']}")
-        if count != s["count"]:
-            problems.append(f"{s['name']}: {count} samples, manifest says {s['count']}")
-        if error:
-            problems.append(f"{s['name']}: unreadable tar ({error})")
-    splits = data.get("splits", {})
-    if _split_totals(shards, splits) != splits:
-        problems.append(f"split totals {splits} do not match the shard list")
-    if data.get("digest") != _digest(shards):
-        problems.append("manifest digest does not match the shard list")
-    if root.is_dir():
-        listed = set(names)
-        for p in sorted(root.glob("*.tar")):
-            if _SHARD_RE.match(p.name) and p.name not in listed:
-                problems.append(f"{p.name}: shard file not in manifest (stale or foreign)")
-    return VerifyReport(not problems, problems, len(shards), samples)

@@ -16,8 +16,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from pipelines.shards import (MANIFEST_NAME, depth_encoding, encode_sample, split_of, verify,
-                              write_shards)
+from pipelines.shard_manifest import MANIFEST_NAME, verify
+from pipelines.shards import depth_encoding, encode_sample, split_of, write_shards
 
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 REPO = Path(__file__).resolve().parents[1]

@@ -44,7 +44,8 @@ import webdataset as wds
 from PIL import Image
 
 from pipelines.depth_convention import UINT16_MAX, decode_zbuffer
-from pipelines.shards import DEPTH_MEMBERS, IMAGE_MEMBERS, MASK_MEMBERS, read_manifest
+from pipelines.shard_manifest import read_manifest
+from pipelines.shards import DEPTH_MEMBERS, IMAGE_MEMBERS, MASK_MEMBERS
 
 
 def _seed(*parts: int) -> int:
@@ -178,7 +179,7 @@ def zbuffer_to_depth(zbuffer: torch.Tensor, camera: dict[str, Any]) -> torch.Ten
 def split_urls(manifest_or_dir: str | Path, split: str) -> list[str]:
     """Paths of the shards of ``split``, in manifest order, after a cheap completeness check
     (manifest present, each shard present with the manifest's byte size). For a full check
-    (sha256, counts) run :func:`pipelines.shards.verify`.
+    (sha256, counts) run :func:`pipelines.shard_manifest.verify`.
 
     Raises:
         FileNotFoundError: no manifest (incomplete set) or a shard is missing.

@@ -81,7 +81,7 @@ def check_training_shards(root: Path) -> Check:
     """Manifest verifies (sha256, sizes, counts) and every sample has every member."""
     import webdataset as wds
 
-    from pipelines.shards import verify
+    from pipelines.shard_manifest import verify
 
     manifest = Path(root) / "shards" / "manifest.json"
     report = verify(manifest)

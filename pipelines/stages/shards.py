@@ -34,7 +34,8 @@ def run_shards(root: Path, params: dict[str, Any]) -> StageReport:
     them and the shard parameters; when ``shards/manifest.json`` already has this version
     and verifies, nothing is rewritten (reported as reused).
     """
-    from pipelines.shards import MANIFEST_NAME, verify, write_shards
+    from pipelines.shard_manifest import MANIFEST_NAME, verify
+    from pipelines.shards import write_shards
 
     sp = params["shards"]
     out = Path(root) / SHARD_DIR
