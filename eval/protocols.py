@@ -27,6 +27,7 @@ import torch
 from torchvision.utils import make_grid
 
 from eval import metrics as M
+from eval.extractors import FeatureExtractor
 from eval.preprocess import float_to_uint8, to_eval_uint8
 
 #: IVID's 3x9 grid (yaw outer, pitch inner), radians; same values as ``training.sampling``.
@@ -88,7 +89,7 @@ def batch_seed(seed: int, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:8], "big") >> 1
 
 
-def real_features(real: RealImages, extractor: M.FeatureExtractor, resolution: int,
+def real_features(real: RealImages, extractor: FeatureExtractor, resolution: int,
                   batch_size: int = 64) -> tuple[np.ndarray, dict[str, Any]]:
     """Features float64 [N, D] of the real images at ``resolution`` (cached, see
     :func:`eval.metrics.real_features_cached`) and ``{"num_real", "cache_hit"}``."""
@@ -126,8 +127,8 @@ def _base_info(protocol: str, real: RealImages | None, model_info: dict[str, Any
     return info
 
 
-def generation(sample_fn: SampleFn, real: RealImages, *, inception: M.FeatureExtractor,
-               dinov2: M.FeatureExtractor | None, num_samples: int, resolution: int, batch_size: int = 32,
+def generation(sample_fn: SampleFn, real: RealImages, *, inception: FeatureExtractor,
+               dinov2: FeatureExtractor | None, num_samples: int, resolution: int, batch_size: int = 32,
                seed: int = 0, kid_subsets: int = 100, kid_subset_size: int = 1000,
                model_info: dict[str, Any] | None = None, grid_size: int = 16) -> ProtocolResult:
     """Protocol 1: FID, KID (Inception) and FD-DINOv2 of ``num_samples`` generated images.
@@ -240,7 +241,7 @@ def novel_view(complete_fn: CompleteFn, batches: Iterable[dict[str, Any]], *, da
                           {"novel_view_pairs": rows}, notes, time.perf_counter() - t0)
 
 
-def view_sweep(viewset_fn: ViewsetFn, real: RealImages, *, inception: M.FeatureExtractor, num_viewsets: int,
+def view_sweep(viewset_fn: ViewsetFn, real: RealImages, *, inception: FeatureExtractor, num_viewsets: int,
                resolution: int, batch_size: int = 4, yaws: Sequence[float] = IVID_YAWS,
                pitches: Sequence[float] = IVID_PITCHES, seed: int = 0,
                model_info: dict[str, Any] | None = None) -> ProtocolResult:

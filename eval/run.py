@@ -7,7 +7,7 @@ Usage::
 
 :func:`run_eval_reports` loads the trained models (``<models_dir>/<eval.first_view_model>``
 and ``<eval.novel_view_model>``: a run, checkpoint or model directory), the feature
-extractors (:mod:`eval.metrics`, weights policy of :mod:`pipelines.models`), runs the
+extractors (:mod:`eval.extractors`, weights policy of :mod:`pipelines.models`), runs the
 protocols of ``eval.protocols`` (:mod:`eval.protocols`) on split ``eval.split`` of the
 shard set and writes the report (:mod:`eval.report`). Real-image features are cached under
 ``<root>/cache/eval_real_stats``. In profiles ``demo``/``smoke`` the counts of
@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import torch
 import yaml
 
+from eval import extractors as X
 from eval import metrics as M
 from eval import protocols as P
 from eval.report import write_report
@@ -114,7 +115,7 @@ def _real_batches(manifest: Path, split: str, batch_size: int) -> Iterator[torch
 
 def run_eval_reports(root: str | Path, params: dict[str, Any], *, models_dir: str | Path, manifest: str | Path,
                      out_dir: str | Path, profile: str | None = None, device: str | None = None,
-                     extractors: dict[str, M.FeatureExtractor | None] | None = None) -> StageReport:
+                     extractors: dict[str, X.FeatureExtractor | None] | None = None) -> StageReport:
     """Run the configured protocols and write the report into ``out_dir``.
 
     Args:
@@ -164,12 +165,12 @@ def run_eval_reports(root: str | Path, params: dict[str, Any], *, models_dir: st
         novel, novel_info = _load(models_dir, p["novel_view_model"], p["weights"], dev)
     ex = dict(extractors or {})
     if "inception" not in ex and {"generation", "view_sweep"} & set(protos):
-        ex["inception"] = M.load_inception(p["feature_extractor_weights_path"], profile=profile, device=dev)
+        ex["inception"] = X.load_inception(p["feature_extractor_weights_path"], profile=profile, device=dev)
     if "dinov2" not in ex and p["fd_dinov2"] and "generation" in protos:
         f = params.get("features") or {}
         name = p["dinov2_model"] or f.get("model", "vit_small_patch14_dinov2.lvd142m")
         local = p["dinov2_local_path"] if p["dinov2_model"] else (p["dinov2_local_path"] or f.get("local_path"))
-        ex["dinov2"] = M.load_dinov2_extractor(name, local, profile=profile, image_size=p["dinov2_image_size"],
+        ex["dinov2"] = X.load_dinov2_extractor(name, local, profile=profile, image_size=p["dinov2_image_size"],
                                                device=dev)
     real = P.RealImages(dataset_version, split, lambda: _real_batches(manifest, split, p["batch_size"]),
                         p["max_real"], Path(root) / "cache" / "eval_real_stats")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from eval import extractors as X
 from eval import metrics as M
 from eval.preprocess import center_crop_resize, to_eval_uint8
 from pipelines.models import RANDOM_WEIGHTS, WeightsUnavailableError
@@ -98,20 +99,20 @@ def test_center_crop_resize_follows_ivid():
 
 def test_inception_weights_policy(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))   # no cached FID weights
-    monkeypatch.setattr(M, "_host_reachable", lambda url, timeout=3.0: False)  # and no network
+    monkeypatch.setattr(X, "_host_reachable", lambda url, timeout=3.0: False)  # and no network
     with pytest.raises(WeightsUnavailableError, match="eval.feature_extractor_weights_path"):
-        M.load_inception(None, profile="default", device="cpu")
-    smoke = M.load_inception(None, profile="smoke", device="cpu")
+        X.load_inception(None, profile="default", device="cpu")
+    smoke = X.load_inception(None, profile="smoke", device="cpu")
     assert smoke.origin == RANDOM_WEIGHTS and smoke.is_random
-    path = M.save_random_inception(tmp_path / "inception.pth", seed=0)
-    local = M.load_inception(str(path), profile="default", device="cpu")
+    path = X.save_random_inception(tmp_path / "inception.pth", seed=0)
+    local = X.load_inception(str(path), profile="default", device="cpu")
     assert local.origin == f"local:{path}" and local.weights_id == smoke.weights_id  # same seed, same weights
     feats = local(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     assert feats.shape == (2, 2048) and feats.dtype == np.float64 and np.isfinite(feats).all()
 
 
 def test_real_features_cache(tmp_path, tiny_dinov2_path):
-    ex = M.load_dinov2_extractor("vit_small_patch14_dinov2", str(tiny_dinov2_path), profile="default",
+    ex = X.load_dinov2_extractor("vit_small_patch14_dinov2", str(tiny_dinov2_path), profile="default",
                                  image_size=56, device="cpu")
     calls = []
 

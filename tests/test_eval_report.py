@@ -11,7 +11,7 @@ import pytest
 
 from test_training_helpers import write_tiny_shards
 
-from eval import metrics as M
+from eval import extractors as X
 from eval.run import eval_params, run_eval_reports
 from pipelines.models import RANDOM_WEIGHTS
 
@@ -26,7 +26,7 @@ def report(tmp_path_factory, tiny_dinov2_path):
         build_model(tiny_config(kind)).save_pretrained(tmp / "models" / kind)
     # a tiny timm DINOv2 stands in for both extractors (the Inception path is tested in
     # test_eval_metrics; at 299 px it is too slow for a CPU end-to-end test)
-    ex = M.load_dinov2_extractor("vit_small_patch14_dinov2", str(tiny_dinov2_path), profile="default",
+    ex = X.load_dinov2_extractor("vit_small_patch14_dinov2", str(tiny_dinov2_path), profile="default",
                                  image_size=56, device="cpu")
     params = {"eval": {"split": "train", "resolution": 16, "num_samples": 4, "num_pairs": 4, "sweep_viewsets": 1,
                        "ddim_steps": 1, "kid_subsets": 5, "sweep_yaws": [0.0, 0.3, -0.3], "sweep_pitches": [0.0, 0.15],
