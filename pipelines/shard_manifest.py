@@ -15,8 +15,10 @@ import webdataset as wds
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
-#: Shard file names: ``{split}-{index:06d}.tar``.
-SHARD_RE = re.compile(r"^([A-Za-z0-9_]+)-(\d{6})\.tar$")
+#: Shard names in a manifest: ``{split}-{index:06d}.tar`` (one directory) or
+#: ``bucket=<hex>/{split}-{index:06d}.tar`` (one shard sequence per bucket, see
+#: :mod:`pipelines.buckets`). Groups: bucket (or None), split, index.
+SHARD_RE = re.compile(r"^(?:bucket=([0-9a-f]{1,8})/)?([A-Za-z0-9_]+)-(\d{6})\.tar$")
 
 
 class HashingFile:
