@@ -54,19 +54,43 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def decode_image(data: bytes, *, min_size: int = 64) -> Image.Image:
-    """Decode bytes to an upright RGB Pillow image of the original size.
+@dataclass(frozen=True)
+class DecodedImage:
+    """Result of :func:`decode_image_info`.
+
+    Attributes:
+        image: upright RGB ``PIL.Image`` of the original size (the first frame of a
+            multi-frame file).
+        format: Pillow's format name (``"PNG"``, ``"GIF"``, ``"MPO"``, ...).
+        frames: number of frames/pages in the file (``Image.n_frames``; 1 for still
+            images; None when a later frame is too corrupt to count).
+        note: ``""`` for a single-frame file, else e.g. ``"first of 3 frames (GIF)"`` -- what
+            ingestion records so a user sees that only one frame was used.
+    """
+    image: Image.Image
+    format: str
+    frames: int | None = 1
+    note: str = ""
+
+
+def decode_image_info(data: bytes, *, min_size: int = 64) -> DecodedImage:
+    """Decode bytes (any format the installed Pillow opens) to an upright RGB image, with
+    its format and frame count. Multi-frame files (animated GIF/PNG/WebP, multi-page TIFF,
+    MPO) give their **first frame** (Pillow's frame 0, the one a viewer shows first; for MPO
+    the primary image), and the result says so in ``frames`` / ``note``.
 
     Args:
-        data: encoded file bytes (any format Pillow reads).
+        data: encoded file bytes.
         min_size: smallest accepted short side, in pixels (after EXIF orientation).
 
     Returns:
-        ``PIL.Image`` in mode RGB.
+        :class:`DecodedImage`.
 
     Raises:
-        BadImage: empty file, not an image, truncated/corrupt data, a decompression bomb
-            over Pillow's ``Image.MAX_IMAGE_PIXELS``, or a short side below ``min_size``.
+        BadImage: empty file, not an image, truncated/corrupt data (or a format Pillow
+            identifies but cannot decode here, e.g. EPS without Ghostscript), a
+            decompression bomb over Pillow's ``Image.MAX_IMAGE_PIXELS``, or a short side
+            below ``min_size``.
     """
     if len(data) == 0:
         raise BadImage("empty file (0 bytes)")
@@ -74,6 +98,12 @@ def decode_image(data: bytes, *, min_size: int = 64) -> Image.Image:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data))
+            fmt = img.format or "?"
+            try:
+                frames: int | None = int(getattr(img, "n_frames", 1) or 1)
+            except (OSError, SyntaxError, ValueError, EOFError):
+                frames = None  # a later frame is broken; the first may still decode
+            img.seek(0)
             img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise BadImage(f"decompression bomb: {e}") from None
@@ -88,7 +118,16 @@ def decode_image(data: bytes, *, min_size: int = 64) -> Image.Image:
         img = _to_rgb(img)
     if min(img.size) < min_size:
         raise BadImage(f"too small: {img.size[0]}x{img.size[1]} px, short side < min_size={min_size}")
-    return img
+    note = ("" if frames == 1 else f"first of {frames} frames ({fmt})" if frames
+            else f"first frame ({fmt}; the frame count is unreadable, a later frame is corrupt)")
+    return DecodedImage(img, fmt, frames, note)
+
+
+def decode_image(data: bytes, *, min_size: int = 64) -> Image.Image:
+    """Decode bytes to an upright RGB Pillow image of the original size: the ``image`` of
+    :func:`decode_image_info` (first frame of a multi-frame file; raises ``BadImage``
+    exactly as it does)."""
+    return decode_image_info(data, min_size=min_size).image
 
 
 def center_crop_resize(img: Image.Image, resolution: int) -> np.ndarray:
