@@ -12,20 +12,35 @@ batched torch (CPU or CUDA, headless, no OpenGL):
 * colour is the source pixel nearest to the perspective-correct source position (IVID
   samples its colour texture with NEAREST filtering);
 * triangles across a depth discontinuity (IVID ``mask_discontinuity`` flags the vertices of
-  every triangle whose depth range exceeds the threshold; a fragment draws no colour when
-  all three of its vertices are flagged), back-facing triangles (``!gl_FrontFacing``) and
-  triangles touching a source pixel without colour occlude but draw no colour;
+  every triangle that fails :func:`discontinuous` in normalised depth, see below; a fragment
+  draws no colour when all three of its vertices are flagged), back-facing triangles
+  (``!gl_FrontFacing``) and triangles touching a source pixel without colour occlude but
+  draw no colour;
 * a target pixel is valid when at least ``min_coverage`` of its ``supersample**2``
   sub-pixels drew colour (IVID: ``> 0.75 * ssaa**2``, i.e. 7 of 9) and it is not on a depth
-  edge (IVID ``depth_edge``: fewer than 3 of its 8 neighbour pairs are discontinuous);
-  its colour is the mean of the coloured sub-pixels (IVID: Lanczos downsampling), its depth
-  the z of the centre sub-pixel (IVID: ``depth[ssaa_offset::ssaa]``).
+  edge (:func:`depth_edge`: 3 or more of its 8 neighbour pairs discontinuous in the
+  z-buffer value); its colour is the mean of the coloured sub-pixels (IVID: Lanczos
+  downsampling), its depth the z of the centre sub-pixel (IVID: ``depth[ssaa_offset::ssaa]``).
 
-Discontinuities are **relative**: z1, z2 are discontinuous when ``max/min - 1 > threshold``,
-which is at once the relative depth jump ``|dz|/z_min`` and the relative disparity jump
-``|d(1/z)| * z_max``. IVID's absolute test ``|dz| > 0.02 and |d(1/z)| > 0.02`` coincides
-with it near its unit working depth (the pivot at z = 1); the relative form makes every
-result invariant to the depth unit (scale depth and translation together).
+Discontinuities are IVID's two tests, in IVID's units (``rgbd_3d/utils.py`` of
+JeffreyXiang/ivid, read at commit 98da20c):
+
+* **mesh** (``mask_discontinuity(faces, depths, atol, rtol)``, backward pass only, IVID's
+  forward pass uses ``atol=None``): a triangle is discontinuous when
+  ``max z - min z > t`` **and** ``max 1/z - min 1/z > t`` over its 3 vertices, with ``z``
+  the normalised depth ``z_n = z / reference_depth``;
+* **edge** (``depth_edge(depth, atol, rtol)`` applied to ``project_depth(depth, near, far)``):
+  the same two tests on the z-buffer value ``v = (1/near - 1/z_n) / (1/near - 1/far)``
+  (``z_n`` clipped to [near, far], ``v`` floored at 1e-6). As ``v <= 1``, the
+  ``|d(1/v)|`` test follows from ``|dv| > t``, so this is ``|d(1/z_n)| > t (1/near - 1/far)``,
+  i.e. a disparity jump of 0.0398 with IVID's t = 0.02, near = 0.5, far = 100.
+
+``t = edge_threshold`` (IVID ``atol = rtol = 0.02``). IVID's normalised units are those of
+:mod:`pipelines.depth_convention` and :mod:`pipelines.camera`: disparity scaled so its
+maximum is ``1/near`` and the source camera one unit from the pivot it looks at. Here
+``reference_depth`` is that unit (the pivot distance) in the caller's depth unit and
+``near``/``far`` are multiples of it, so scaling depth, translation and ``reference_depth``
+together leaves every result unchanged (bit-identical for powers of two).
 
 Implementation: the mesh (vertices, triangulation, culling, barycentric planes, span lines)
 is set up with batched tensor ops here; :mod:`pipelines.raster` then rasterises it --
@@ -74,28 +89,56 @@ def default_min_coverage(supersample: int) -> int:
     return int(0.75 * supersample * supersample) + 1
 
 
-def discontinuous(z1: torch.Tensor, z2: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Relative depth discontinuity ``max(z1,z2) > (1 + threshold) * min(z1,z2)`` (bool).
+def discontinuous(x1: torch.Tensor, x2: torch.Tensor, threshold: float) -> torch.Tensor:
+    """IVID's discontinuity test ``|x1 - x2| > t and |1/x1 - 1/x2| > t`` (bool, t = threshold).
 
-    Finite vs inf counts as discontinuous, inf vs inf does not (IVID: background at the far
-    plane). Shapes broadcast; z > 0 assumed.
-    """
-    return torch.maximum(z1, z2) > torch.minimum(z1, z2) * (1.0 + threshold)
-
-
-def depth_edge(depth: torch.Tensor, threshold: float = 0.02) -> torch.Tensor:
-    """IVID ``depth_edge``: pixels with >= 3 discontinuous neighbours among their 8.
+    Verbatim ``depth_diff`` of IVID ``depth_edge`` and, applied to a triangle's (min, max),
+    ``mask_discontinuity`` (JeffreyXiang/ivid ``rgbd_3d/utils.py``). Absolute, so the
+    inputs must be in IVID's units: normalised depth ``z / reference_depth`` for the mesh
+    test, the z-buffer value for the edge test (module docstring).
 
     Args:
-        depth: float [B, 1, H, W] z-depth (inf = empty).
-        threshold: relative jump, see :func:`discontinuous`.
+        x1, x2: float tensors, broadcastable, > 0 (inf allowed: inf vs inf is continuous).
+        threshold: t >= 0 (IVID: 0.02).
     Returns:
-        bool [B, 1, H, W], True on an edge.
+        bool tensor of the broadcast shape.
     """
-    z, cnt = depth, torch.zeros(depth.shape, dtype=torch.int32, device=depth.device)
+    return ((x1 - x2).abs() > threshold) & ((1.0 / x1 - 1.0 / x2).abs() > threshold)
+
+
+def _zbuffer_value(zn: torch.Tensor, near: float, far: float) -> torch.Tensor:
+    """IVID ``project_depth(z, near, far)``: ``(1/near - 1/clip(z, near, far)) / (1/near - 1/far)``
+    in [0, 1] (inf -> 1) for normalised z-depth ``zn``; same convention as
+    :func:`pipelines.depth_convention.encode_zbuffer` before quantisation."""
+    return (1.0 / near - 1.0 / zn.clamp(near, far)) / (1.0 / near - 1.0 / far)
+
+
+def depth_edge(depth: torch.Tensor, threshold: float = 0.02, *, reference_depth: float = 1.0,
+               near: float = 0.5, far: float = 100.0) -> torch.Tensor:
+    """IVID ``depth_edge`` on the z-buffer value: pixels with >= 3 discontinuous neighbours of 8.
+
+    IVID (``rgbd_3d/utils.py``, ``forward_backward_warp`` / ``aggregate_conditions``) runs
+    ``depth_edge(project_depth(depth, near, far), atol=t, rtol=t)``; this does the same on
+    ``z / reference_depth``: with ``v = max(project_depth(z / reference_depth), 1e-6)``, a
+    neighbour pair (horizontal, vertical, both diagonals) is discontinuous when
+    :func:`discontinuous` ``(v1, v2, t)``, i.e. ``|d(1/z)| reference_depth > t (1/near -
+    1/far)``. Depths beyond ``far`` and empty pixels (inf; IVID: the renderer's far plane)
+    all have ``v = 1``, so they are mutually continuous.
+
+    Args:
+        depth: float [B, 1, H, W] z-depth (inf = empty), any unit.
+        threshold: t >= 0 (IVID: 0.02).
+        reference_depth: the pivot distance (IVID's unit depth) in the unit of ``depth``, > 0.
+        near, far: IVID z-buffer planes in multiples of ``reference_depth`` (IVID: 0.5, 100;
+            params.yaml ``depth.near``/``depth.far``), 0 < near < far.
+    Returns:
+        bool [B, 1, H, W], True on an edge (IVID's returned mask is the negation).
+    """
+    v = _zbuffer_value(depth / reference_depth, near, far).clamp_min(1e-6)
+    cnt = torch.zeros(depth.shape, dtype=torch.int32, device=depth.device)
     S, F, L = slice(None), slice(1, None), slice(None, -1)
     for a, b in (((S, F), (S, L)), ((F, S), (L, S)), ((F, F), (L, L)), ((F, L), (L, F))):
-        d = discontinuous(z[..., a[0], a[1]], z[..., b[0], b[1]], threshold).to(torch.int32)
+        d = discontinuous(v[..., a[0], a[1]], v[..., b[0], b[1]], threshold).to(torch.int32)
         cnt[..., a[0], a[1]] += d
         cnt[..., b[0], b[1]] += d
     return cnt >= 3
@@ -132,12 +175,14 @@ def _span_lines(al, C, be):
 
 
 @torch.no_grad()
-def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, src_valid,
+def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, edges, padding, src_valid,
             flag_disc=True):
     """Rasterise the RGBD mesh into the target view. Returns (image, depth, coverage, mask).
 
+    ``edges`` = (threshold, reference_depth, near, far) of the discontinuity tests;
     ``flag_disc=False`` draws discontinuity triangles with colour (IVID's forward pass).
     """
+    thr, ref, near, far = edges
     B, C, H, W = image.shape
     dev, f32, i32 = image.device, torch.float32, torch.int32  # int32 gathers
     z = depth[:, 0].to(f32)
@@ -179,8 +224,9 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     g = lambda t: [t.reshape(-1).index_select(0, s) for s in slots]
     gv, zt = g(gvalid), g(zs)
     geo = gv[0] & gv[1] & gv[2]
-    mx = torch.maximum(torch.maximum(zt[0], zt[1]), zt[2])
-    disc = mx > torch.minimum(torch.minimum(zt[0], zt[1]), zt[2]) * (1.0 + thr)
+    zn = [t / ref for t in zt]                  # IVID mask_discontinuity, normalised depth
+    disc = discontinuous(torch.minimum(torch.minimum(zn[0], zn[1]), zn[2]),
+                         torch.maximum(torch.maximum(zn[0], zn[1]), zn[2]), thr)
     d1, d2 = (disc & geo & flag_disc).reshape(B, Hv - 1, Wv - 1, 2).unbind(-1)
     vflag = torch.zeros_like(gvalid)            # vertices of discontinuous triangles
     for corner, f in zip(q(vflag), (d1 | (d2 & ft), d1 | (d2 & ~ft), d2 | (d1 & ~ft), d2 | (d1 & ft))):
@@ -240,17 +286,23 @@ def _render(image, depth, K_src, K_tgt, T, Ht, Wt, ss, min_cov, thr, padding, sr
     out, cnt, zc = rasterise(mesh, image, Ht, Wt, ss)
     zout = torch.where(zc > 0, 1.0 / zc, float("inf"))
     covered = cnt >= min_cov
-    mask = covered & torch.isfinite(zout) & ~depth_edge(zout, thr)
+    mask = covered & torch.isfinite(zout) & ~depth_edge(zout, thr, reference_depth=ref, near=near, far=far)
     return out, zout, covered, mask
 
 
-def _check_opts(supersample, min_coverage, edge_threshold, padding) -> tuple[int, int]:
+def _check_opts(supersample, min_coverage, edge_threshold, padding, reference_depth, near, far):
+    """Validated (supersample, min_coverage, edges) with edges = (t, reference_depth, near, far)."""
     ss = int(supersample)
     mc = default_min_coverage(ss) if min_coverage is None else int(min_coverage)
-    if ss < 1 or not 1 <= mc <= ss * ss or edge_threshold < 0 or padding < 0:
+    edges = tuple(float(x) for x in (edge_threshold, reference_depth, near, far))
+    t, ref, n, f = edges
+    if ss < 1 or not 1 <= mc <= ss * ss or not t >= 0 or not padding >= 0:
         raise ValueError(f"need supersample >= 1, 1 <= min_coverage <= supersample**2, edge_threshold >= 0, "
                          f"padding >= 0; got {supersample}, {min_coverage}, {edge_threshold}, {padding}")
-    return ss, mc
+    if not (0 < ref < float("inf") and 0 < n < f < float("inf")):
+        raise ValueError(f"need 0 < reference_depth < inf and 0 < near < far < inf; got {reference_depth}, "
+                         f"{near}, {far}")
+    return ss, mc, edges
 
 
 def _prep(image, depth, Ks, Kt, T):
@@ -276,7 +328,8 @@ def _prep(image, depth, Ks, Kt, T):
 def forward_warp(image: torch.Tensor, depth: torch.Tensor, K_src: torch.Tensor,
                  K_tgt: torch.Tensor, src_to_tgt: torch.Tensor, *, out_size=None,
                  supersample: int = 3, min_coverage: int | None = None,
-                 edge_threshold: float = 0.02, padding: float = 0.0,
+                 edge_threshold: float = 0.02, reference_depth: float = 1.0, near: float = 0.5,
+                 far: float = 100.0, padding: float = 0.0,
                  src_mask: torch.Tensor | None = None) -> WarpResult:
     """Render an RGBD image from another camera (IVID ``SimpleRenderer.render`` of
     ``depth_to_mesh``; see the module docstring for the exact rules).
@@ -293,7 +346,15 @@ def forward_warp(image: torch.Tensor, depth: torch.Tensor, K_src: torch.Tensor,
         supersample: sub-pixels per axis (IVID: 3), >= 1.
         min_coverage: coloured sub-pixels (of ``supersample**2``) for a valid pixel;
             default :func:`default_min_coverage` (IVID: 7 of 9).
-        edge_threshold: relative depth jump marking a discontinuity (IVID: 0.02), >= 0.
+        edge_threshold: t of IVID's discontinuity tests (``atol = rtol``, IVID: 0.02), >= 0:
+            a triangle whose vertices differ by more than t in normalised depth **and** in
+            normalised disparity occludes without colour; a pixel with >= 3 neighbours whose
+            z-buffer values differ by more than t is masked (module docstring).
+        reference_depth: IVID's unit depth (the pivot distance: source camera to the point
+            it looks at) in the unit of ``depth``, > 0; depths are divided by it before the
+            tests. 1 for depth from :func:`pipelines.depth_convention.disparity_to_depth`.
+        near, far: IVID's z-buffer planes as multiples of ``reference_depth`` (IVID and
+            params.yaml ``depth:``: 0.5, 100), 0 < near < far; used by the edge test only.
         padding: extend the mesh border outward by this many pixels (IVID pads the source
             mesh in the forward pass); padded geometry draws the edge colour.
         src_mask: optional bool [B, 1, H, W]; source pixels False occlude but give no colour.
@@ -305,15 +366,15 @@ def forward_warp(image: torch.Tensor, depth: torch.Tensor, K_src: torch.Tensor,
 
     Raises:
         ValueError: bad shapes, non-pinhole K, supersample < 1, min_coverage outside
-            [1, supersample**2], negative threshold/padding.
+            [1, supersample**2], negative threshold/padding, reference_depth <= 0, not
+            0 < near < far.
     """
     single, image, depth, Ks, Kt, T = _prep(image, depth, K_src, K_tgt, src_to_tgt)
-    ss, mc = _check_opts(supersample, min_coverage, edge_threshold, padding)
+    ss, mc, edges = _check_opts(supersample, min_coverage, edge_threshold, padding, reference_depth, near, far)
     Ht, Wt = (image.shape[2], image.shape[3]) if out_size is None else map(int, out_size)
     if src_mask is not None:
         src_mask = (src_mask[None] if single else src_mask).to(torch.bool)
-    img, z, _, mask = _render(image, depth, Ks, Kt, T, Ht, Wt, ss, mc, float(edge_threshold),
-                              float(padding), src_mask)
+    img, z, _, mask = _render(image, depth, Ks, Kt, T, Ht, Wt, ss, mc, edges, float(padding), src_mask)
     out = (img * mask, z, mask)
     return WarpResult(*(t[0] for t in out) if single else out)
 
@@ -321,6 +382,7 @@ def forward_warp(image: torch.Tensor, depth: torch.Tensor, K_src: torch.Tensor,
 def forward_backward_warp(image: torch.Tensor, depth: torch.Tensor, K: torch.Tensor,
                           src_to_tgt: torch.Tensor, *, supersample: int = 3,
                           min_coverage: int | None = None, edge_threshold: float = 0.02,
+                          reference_depth: float = 1.0, near: float = 0.5, far: float = 100.0,
                           padding: float = 2.0) -> ConditionPair:
     """IVID's condition: warp to the novel view, warp the result back (``forward_backward_warp``
     in ``rgbd_3d/utils.py``; paper Sec. 3.2). No augmentation happens here.
@@ -338,7 +400,9 @@ def forward_backward_warp(image: torch.Tensor, depth: torch.Tensor, K: torch.Ten
         image: float [B, C, H, W]; depth: float [B, 1, H, W] z-depth (invalid: non-finite
             or <= 0); K: [B, 3, 3] or [3, 3] intrinsics shared by both views (OpenCV);
         src_to_tgt: [B, 4, 4] rigid source -> novel camera transform.
-        supersample, min_coverage, edge_threshold: as :func:`forward_warp`.
+        supersample, min_coverage, edge_threshold, reference_depth, near, far: as
+            :func:`forward_warp` (the mesh test applies to the backward pass only, as IVID's
+            ``depth_to_mesh(atol=None)`` forward mesh has no discontinuity flags).
         padding: forward-pass border padding in pixels (>= 0).
     Without the batch dim, every tensor drops it.
 
@@ -349,12 +413,13 @@ def forward_backward_warp(image: torch.Tensor, depth: torch.Tensor, K: torch.Ten
         ValueError: as :func:`forward_warp`.
     """
     single, image, depth, K, _, T = _prep(image, depth, K, K, src_to_tgt)
-    ss, mc = _check_opts(supersample, min_coverage, edge_threshold, padding)
+    ss, mc, edges = _check_opts(supersample, min_coverage, edge_threshold, padding, reference_depth, near, far)
     H, W = image.shape[2:]
-    img1, z1, cov1, _ = _render(image, depth, K, K, T, H, W, ss, mc, float(edge_threshold),
-                                float(padding), None, flag_disc=False)
+    img1, z1, cov1, _ = _render(image, depth, K, K, T, H, W, ss, mc, edges, float(padding), None,
+                                flag_disc=False)
     back = forward_warp(img1, z1, K, K, invert_rigid(T.to(torch.float64)), supersample=ss,
-                        min_coverage=mc, edge_threshold=edge_threshold, src_mask=cov1)
+                        min_coverage=mc, edge_threshold=edges[0], reference_depth=edges[1],
+                        near=edges[2], far=edges[3], src_mask=cov1)
     m = back.mask
     out = (back.image, torch.where(m, back.depth, float("inf")), m, m.clone())
     return ConditionPair(*(t[0] for t in out) if single else out)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from pipelines.camera import intrinsics_from_fov, invert_rigid, look_at_opencv
+from pipelines.camera import intrinsics_from_fov, invert_rigid, look_at_opencv, novel_camera
 from pipelines.warping import (depth_edge, discontinuous, forward_backward_warp, forward_warp)
 
 
@@ -235,7 +235,7 @@ def test_scale_invariance(s):
     Ts[:, :3, 3] *= s
     K = K_of(H, W)
     a = forward_backward_warp(img, depth, K, T)
-    b = forward_backward_warp(img, depth * s, K, Ts)
+    b = forward_backward_warp(img, depth * s, K, Ts, reference_depth=s)
     if s == 4.0:                                        # power of two: bit-identical
         assert torch.equal(a.mask, b.mask) and torch.equal(a.cond_image, b.cond_image)
         assert torch.equal(a.cond_depth * s, b.cond_depth)
@@ -282,11 +282,117 @@ def test_wide_disocclusion_is_a_hole_not_a_smear():
     assert m[2:-2, 2:17].all() and m[2:-2, 52:98].all()     # near half (moved 90 px), far half
 
 
-def test_thresholds_are_relative():
-    z = torch.tensor([1.0, 100.0])
-    assert bool(discontinuous(z, z * 1.03, 0.02).all())
-    assert not bool(discontinuous(z, z * 1.01, 0.02).any())
-    assert bool(discontinuous(torch.tensor(1.0), torch.tensor(float("inf")), 0.02))
+def test_discontinuous_is_ivids_two_sided_test():
+    """IVID ``depth_diff``: |dx| > t and |d(1/x)| > t (absolute, in IVID's normalised units)."""
+    x1 = torch.tensor([1.0, 0.5, 10.0, 10.0, 1.0, 1.0])
+    x2 = torch.tensor([1.03, 0.505, 10.5, 20.0, 1.01, float("inf")])
+    # 1.03: both jumps ~0.03; 0.505: |dz| 0.005; 10.5: |d(1/z)| 0.0048; 20: |d(1/z)| 0.05.
+    assert discontinuous(x1, x2, 0.02).tolist() == [True, False, False, True, False, True]
+    assert not bool(discontinuous(torch.tensor(float("inf")), torch.tensor(float("inf")), 0.02))
+
+
+def ivid_depth_edge(depth: np.ndarray, near=0.5, far=100.0, atol=0.02, rtol=0.02) -> np.ndarray:
+    """Transcription of JeffreyXiang/ivid rgbd_3d/utils.py (commit 98da20c): ``project_depth``
+    then ``depth_edge``; returns True on an edge (IVID returns the negation)."""
+    depth = (1 / near - 1 / np.clip(depth, near, far)) / (1 / near - 1 / far)
+
+    def depth_diff(x, y):
+        x, y = np.maximum(x, 1e-6), np.maximum(y, 1e-6)
+        return np.logical_and(np.abs(x - y) > atol, np.abs(1 / x - 1 / y) > rtol)
+    mask = np.zeros(depth.shape, dtype=np.uint8)
+    m = depth_diff(depth[:, 1:], depth[:, :-1])
+    mask[:, 1:] += m
+    mask[:, :-1] += m
+    m = depth_diff(depth[1:, :], depth[:-1, :])
+    mask[1:, :] += m
+    mask[:-1, :] += m
+    m = depth_diff(depth[1:, 1:], depth[:-1, :-1])
+    mask[1:, 1:] += m
+    mask[:-1, :-1] += m
+    m = depth_diff(depth[1:, :-1], depth[:-1, 1:])
+    mask[1:, :-1] += m
+    mask[:-1, 1:] += m
+    return ~(mask < 3)
+
+
+def test_depth_edge_equals_ivid_on_zbuffer_value():
+    # The issue's minimal reproduction: a 3% step at unit depth is no edge for IVID.
+    z = torch.ones(1, 1, 6, 6)
+    z[..., 3:] = 1.03
+    assert not depth_edge(z).any()
+    z[..., 3:] = 1.2                                    # 0.83 vs 0.02 in 1/z: an edge
+    assert depth_edge(z)[0, 0, 1:-1, 2:4].all() and not depth_edge(z)[..., :, [0, 5]].any()
+    g = torch.Generator().manual_seed(0)
+    for near, far, t in ((0.5, 100.0, 0.02), (0.6, 5.0, 0.03)):
+        z = 1.0 / smooth((4, 1, 24, 32), 0.3, 0.9, seed=1, cells=3).double()   # disparity 0.3-0.9
+        steps = torch.rand(4, 1, 24, 32, generator=g, dtype=torch.float64) < 0.03
+        z = torch.where(steps, z * 1.5, z)
+        z[:, :, :2] = float("inf")                                           # empty rows
+        z[:, :, 5:8, :6] = 200.0                                             # beyond far
+        z[:, :, 10:12, 20:24] = 0.45                                         # nearer than near
+        ours = depth_edge(z, t, near=near, far=far)
+        for b in range(4):
+            assert np.array_equal(ours[b, 0].numpy(), ivid_depth_edge(z[b, 0].numpy(), near, far, t, t))
+        assert 0.05 < ours.double().mean() < 0.6
+        # Invariance to the depth unit through the reference depth.
+        assert torch.equal(depth_edge(z * 4.0, t, reference_depth=4.0, near=near, far=far), ours)
+
+
+def receding_plane(H=128, W=128):
+    """A continuous ground plane: inverse depth falls 0.015 per row, z from 0.5 to 10.5."""
+    disp = 2.0 - 0.015 * torch.arange(H, dtype=torch.float32)
+    return (1.0 / disp).reshape(1, 1, H, 1).expand(1, 1, H, W).contiguous()
+
+
+@pytest.mark.parametrize("yaw", [0.0, 0.1])
+def test_receding_plane_is_kept(yaw):
+    """Issue 13: the relative 2% rule lost every row beyond z = 1.33 (63.1% kept at identity);
+    IVID keeps 95.4% / 91.6% (identity / yaw 0.1 rad)."""
+    z = receding_plane()
+    H, W = z.shape[2:]
+    K = K_of(H, W)
+    T = torch.tensor(novel_camera(yaw, 0.0).src_to_tgt, dtype=torch.float32)
+    pair = forward_backward_warp(textured(1, H, W), z, K, T)
+    m = pair.mask[0, 0]
+    assert float(m.float().mean()) >= 0.90
+    # Ground truth: a source pixel is seen by the novel camera when its point projects
+    # inside that camera's frame (a plane seen from the front occludes nothing).
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64),
+                          indexing="ij")
+    Kd, zz = K.double(), z[0, 0].double()
+    P = torch.stack([(u - Kd[0, 2]) / Kd[0, 0] * zz, (v - Kd[1, 2]) / Kd[1, 1] * zz, zz, torch.ones_like(zz)])
+    Q = torch.einsum("ij,jhw->ihw", T.double(), P)
+    ut, vt = Kd[0, 0] * Q[0] / Q[2] + Kd[0, 2], Kd[1, 1] * Q[1] / Q[2] + Kd[1, 2]
+    inside = lambda e: (ut > e) & (ut < W - 1 - e) & (vt > e) & (vt < H - 1 - e)
+    seen = inside(1.5)
+    seen[[0, -1]] = False
+    seen[:, [0, -1]] = False                            # the source's own half-pixel frame
+    assert m[seen].all()
+    assert not (m & ~inside(-1.0)).any()
+    # Depth within one row's disparity step (0.015) of the plane (resampled at yaw 0.1).
+    err = (1.0 / pair.cond_depth[pair.mask] - 1.0 / z[pair.mask]).abs()
+    assert float(err.max()) < (1e-5 if yaw == 0.0 else 0.015)
+
+
+@pytest.mark.parametrize("yaw", [0.0, 0.1])
+def test_depth_step_is_masked_along_its_boundary(yaw):
+    """A true step (square at z = 0.7 over z = 1.2) stays masked along its boundary."""
+    H, W = 48, 48
+    z = torch.full((1, 1, H, W), 1.2)
+    z[..., 16:32, 16:32] = 0.7
+    K = K_of(H, W)
+    T = torch.tensor(novel_camera(yaw, 0.0).src_to_tgt, dtype=torch.float32)
+    m = forward_backward_warp(textured(1, H, W), z, K, T).mask[0, 0]
+    ring = torch.zeros(H, W, dtype=torch.bool)
+    ring[15:33, 15:33] = True
+    ring[17:31, 17:31] = False                          # the pixels on both sides of the step
+    sides = ring.clone()
+    for c in (15, 16, 31, 32):                          # corners have < 3 discontinuous pairs
+        for r in (15, 16, 31, 32):
+            sides[r, c] = False
+    assert not (m & sides).any()
+    assert m[18:30, 18:30].all()                        # inside the square
+    assert m[2:12, 4:-4].all() and m[36:-2, 4:-4].all()  # wall above and below it
 
 
 def test_errors():
@@ -298,6 +404,9 @@ def test_errors():
         forward_warp(img, depth, K, K, T, supersample=0)
     with pytest.raises(ValueError):
         forward_warp(img, depth, K, K, T, min_coverage=10)
+    for bad_units in ({"reference_depth": 0.0}, {"near": 0.0}, {"near": 2.0, "far": 1.0}):
+        with pytest.raises(ValueError):
+            forward_backward_warp(img, depth, K, T, **bad_units)
     bad = K.clone()
     bad[2, 0] = 1.0
     with pytest.raises(ValueError):
