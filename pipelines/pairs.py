@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from pipelines import augment
-from pipelines.camera import intrinsics_from_fov, sample_novel_camera, seed_for
+from pipelines.camera import SOURCE_EYE, intrinsics_from_fov, sample_novel_camera, seed_for
 from pipelines.depth_convention import depth_encoding, encode_zbuffer
+from pipelines.params_schema import WarpParams
 from pipelines.warping import forward_backward_warp
 
 #: ``params`` keys read by :func:`build_pairs` (the ``warp:`` section of params.yaml plus
@@ -36,8 +37,8 @@ from pipelines.warping import forward_backward_warp
 REQUIRED_KEYS = ("fov_deg", "yaw_std", "pitch_std", "radius_std", "center_std", "supersample",
                  "min_coverage", "edge_threshold", "prewarp_noise", "blur_p", "blur_kernel",
                  "erode_sizes", "near", "far")
-#: Optional keys and their defaults.
-OPTIONAL_KEYS = {"batch_size": 16, "padding": 2.0}
+#: Optional keys and their defaults (from the ``warp`` schema, :mod:`pipelines.params_schema`).
+OPTIONAL_KEYS = {k: WarpParams.model_fields[k].default for k in ("batch_size", "padding")}
 
 
 def tune_malloc(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 31) -> bool:
@@ -102,7 +103,8 @@ def build_pairs(images: torch.Tensor, depths: torch.Tensor, keys: Sequence[str],
             Read: ``fov_deg`` (degrees, along the shorter image side), ``yaw_std``,
             ``pitch_std`` (rad), ``radius_std``, ``center_std``, ``supersample``,
             ``min_coverage`` (sub-pixels of ``supersample**2``; null = IVID's 0.75 rule),
-            ``edge_threshold`` (relative depth jump), ``prewarp_noise`` (max noise std),
+            ``edge_threshold`` (IVID's atol = rtol, in its normalised units: depth with the pivot
+            one unit ahead, see :mod:`pipelines.warping`), ``prewarp_noise`` (max noise std),
             ``blur_p``, ``blur_kernel``, ``erode_sizes`` (list of odd ints), ``near``,
             ``far`` (z-buffer planes); optional ``batch_size`` (pairs warped at once,
             default 16) and ``padding`` (forward-pass mesh padding in pixels, default 2).
@@ -150,7 +152,8 @@ def build_pairs(images: torch.Tensor, depths: torch.Tensor, keys: Sequence[str],
         pair = forward_backward_warp(torch.stack(noisy_i).to(device), torch.stack(noisy_d).to(device),
                                      Kt.to(device), T.to(device), supersample=ss, min_coverage=mc,
                                      edge_threshold=float(p["edge_threshold"]),
-                                     padding=float(p["padding"]))
+                                     reference_depth=float(np.linalg.norm(SOURCE_EYE)),   # pivot distance
+                                     near=near, far=far, padding=float(p["padding"]))
         cond_i, cond_d = pair.cond_image.cpu(), pair.cond_depth.cpu()
         masks = pair.mask.cpu()
         for n, (b, v) in enumerate(chunk):

@@ -197,3 +197,26 @@ def test_decoded_condition_depth_matches_warp_depth():
     z = decode_zbuffer(o["cond_depth"])
     ref = depth[0, 0].numpy()
     assert np.allclose(z[o["mask"]], ref[o["mask"]], rtol=1e-3)
+
+
+def test_discontinuity_tests_use_ivid_units(monkeypatch):
+    """build_pairs hands the warp IVID's units (pivot distance 1, near/far of params) and a
+    continuous receding ground plane (disparity 2 -> 0.095, -0.015 per row) survives:
+    the relative 2% rule of warp-1 lost every row beyond z = 1.33."""
+    import pipelines.pairs as pairs_mod
+
+    H, W = 128, 32
+    disp = (2.0 - 0.015 * torch.arange(H, dtype=torch.float32)).reshape(1, 1, H, 1).expand(1, 1, H, W)
+    img = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0))
+    seen = {}
+    real = pairs_mod.forward_backward_warp
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **kw)
+    monkeypatch.setattr(pairs_mod, "forward_backward_warp", spy)
+    p = params(yaw_std=0.0, pitch_std=0.0, radius_std=0.0, center_std=0.0, prewarp_noise=0.0,
+               blur_p=0.0, erode_sizes=[1], near=0.5, far=100.0)
+    o = build_pairs(img, disparity_to_depth(disp), ["a"], views_per_image=1, seed=0, params=p)[0]
+    assert (seen["reference_depth"], seen["near"], seen["far"]) == (1.0, 0.5, 100.0)
+    assert o["mask"][1:-1, 1:-1].all()
