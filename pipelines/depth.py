@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from pipelines.depth_convention import disparity_to_depth, encode_zbuffer
 from pipelines.images import encode_png
-from pipelines.models import Resolved, autocast_dtype, load_from_hub, pick_device, resolve_weights
+from pipelines.models import (RANDOM_WEIGHTS_SEED, Resolved, autocast_dtype, load_from_hub, pick_device,
+                             resolve_weights, seeded)
 
 
 DEPTH_SCHEMA = pa.schema([("key", pa.string()), ("disparity_f32", pa.binary()),
@@ -42,8 +43,8 @@ def save_tiny_depth_model(path: str | Path, *, seed: int = 0, input_size: int = 
                             out_features=["stage1", "stage2", "stage3", "stage4"])
     config = DepthAnythingConfig(backbone_config=backbone, fusion_hidden_size=16, neck_hidden_sizes=[8, 16, 32, 32],
                                  reassemble_hidden_size=32, head_hidden_size=8, patch_size=14)
-    torch.manual_seed(seed)
-    model = DepthAnythingForDepthEstimation(config)
+    with seeded(seed):
+        model = DepthAnythingForDepthEstimation(config)
     # A random head outputs disparity ~0 with isolated spikes (its final ReLU), i.e. depth
     # that is a field of discontinuities; bias the last conv so the random model predicts a
     # (nearly) constant disparity, a fronto-parallel plane, and warping demos stay readable.
@@ -77,12 +78,17 @@ def load_depth_model(model_id: str | None, local_dir: str | None, *, profile: st
 
     Raises:
         WeightsUnavailableError: nothing resolves (names ``depth.local_dir``/``depth.model``);
-            under profiles demo/smoke a tiny random model is used instead.
+            under profiles demo/smoke a tiny random model (:func:`save_tiny_depth_model`,
+            seed :data:`pipelines.models.RANDOM_WEIGHTS_SEED`) is used instead; its
+            temporary checkpoint directory is deleted once loaded.
     """
     import tempfile
 
     def make_random():
-        return _load(str(save_tiny_depth_model(tempfile.mkdtemp(prefix="viewforge-tiny-depth-"))))
+        # saved and loaded back through the checkpoint code path, then the directory is
+        # removed (the loaded model holds its weights in memory)
+        with tempfile.TemporaryDirectory(prefix="viewforge-tiny-depth-", ignore_cleanup_errors=True) as tmp:
+            return _load(str(save_tiny_depth_model(tmp, seed=RANDOM_WEIGHTS_SEED)))
 
     res = resolve_weights(local=local_dir, hub_id=model_id, param_local="depth.local_dir",
                           param_hub="depth.model", load_local=_load,

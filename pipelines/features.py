@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.models import Resolved, autocast_dtype, offline_unless_hub_reachable, pick_device, resolve_weights
+from pipelines.models import (RANDOM_WEIGHTS_SEED, Resolved, autocast_dtype, offline_unless_hub_reachable, pick_device,
+                             resolve_weights, seeded)
 
 PATCH = 14
 """DINOv2 patch side in pixels; ``image_size`` must be a multiple of it."""
@@ -90,7 +91,8 @@ def load_dinov2(model_name: str, local_path: str | None, *, profile: str, image_
     ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=local_path))``
     (timm resamples the position embeddings to ``image_size``, e.g. from 518); then the hub
     (``pretrained=True``, served from the timm/HF cache when offline); then, only for
-    profiles ``demo``/``smoke``, a tiny random model of the same class (:data:`TINY_ARCH`).
+    profiles ``demo``/``smoke``, a tiny random model of the same class (:data:`TINY_ARCH`),
+    initialised with :data:`pipelines.models.RANDOM_WEIGHTS_SEED` (identical in every run).
 
     Args:
         model_name: timm name, with or without pretrained tag, e.g.
@@ -121,11 +123,15 @@ def load_dinov2(model_name: str, local_path: str | None, *, profile: str, image_
             return timm.create_model(name, pretrained=True, img_size=image_size), None
 
     def random():
-        return timm.create_model(arch, pretrained=False, img_size=image_size, **TINY_ARCH), None
+        with seeded(RANDOM_WEIGHTS_SEED):  # reproducible demo/smoke runs
+            return timm.create_model(arch, pretrained=False, img_size=image_size, **TINY_ARCH), None
 
-    res = resolve_weights(local=local_path, hub_id=model_name, param_local="features.local_path",
-                          param_hub="features.model", load_local=local, load_hub=hub,
-                          make_random=random, profile=profile)
+    # timm initialises a model before loading weights into it: keep that (and any failed
+    # attempt) from advancing the caller's torch random stream
+    with torch.random.fork_rng(devices=[]):
+        res = resolve_weights(local=local_path, hub_id=model_name, param_local="features.local_path",
+                              param_hub="features.model", load_local=local, load_hub=hub,
+                              make_random=random, profile=profile)
     res.model.eval().to(pick_device(device))
     return res
 
@@ -153,8 +159,8 @@ def save_tiny_dinov2(path: str | Path, *, model_name: str = "vit_small_patch14_d
     from safetensors.torch import save_file
     arch_name, _ = _check(model_name, image_size)
     kw = {**TINY_ARCH, **arch}
-    torch.manual_seed(seed)
-    model = timm.create_model(arch_name, pretrained=False, img_size=image_size, **kw)
+    with seeded(seed):
+        model = timm.create_model(arch_name, pretrained=False, img_size=image_size, **kw)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

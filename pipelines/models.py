@@ -19,6 +19,8 @@ log = logging.getLogger("viewforge")
 
 RANDOM_WEIGHTS = "random (not meaningful)"
 RANDOM_OK_PROFILES = ("demo", "smoke")
+RANDOM_WEIGHTS_SEED = 0
+"""Seed of every tiny random fallback model: two demo/smoke runs produce identical outputs."""
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -77,7 +79,24 @@ def resolve_weights(*, local: str | None, hub_id: str | None, param_local: str, 
                     msg, profile, RANDOM_WEIGHTS)
         m, extra = make_random()
         return Resolved(m, RANDOM_WEIGHTS, extra)
-    raise WeightsUnavailableError(msg)
+    raise WeightsUnavailableError(
+        f"{msg} To try viewforge without weights, run the demo profile: `VIEWFORGE_PROFILE=demo` (or "
+        f"`profile: demo` in params.yaml); it uses tiny random models and labels every output {RANDOM_WEIGHTS!r}.")
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Within the block torch's default CPU generator is seeded with ``seed``; on exit its
+    previous state is restored (``torch.random.fork_rng``), so building a random model
+    neither depends on nor disturbs the caller's random stream. CUDA generators are left
+    alone: build random models on CPU, then move them.
+
+    For the tiny random models (tests, demo/smoke fallback): same ``seed`` -> identical
+    weights, in any process.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(int(seed))
+        yield
 
 
 def pick_device(device: str | None = None) -> torch.device:

@@ -53,3 +53,28 @@ def test_unresolvable_weights_name_the_parameter():
 def test_demo_profile_falls_back_to_labelled_random_weights():
     res = load_depth_model("nobody/nothing", None, profile="demo", device="cpu")
     assert res.origin == RANDOM_WEIGHTS and res.is_random
+
+
+def test_random_fallback_is_seeded_and_leaves_no_temp_dir(tmp_path, monkeypatch):
+    import tempfile
+
+    import pipelines.depth as depth_mod
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # an isolated system temp dir
+    made = []
+    real_save = depth_mod.save_tiny_depth_model
+
+    def recording_save(path, **kw):
+        made.append(path)
+        return real_save(path, **kw)
+
+    monkeypatch.setattr(depth_mod, "save_tiny_depth_model", recording_save)
+    a = load_depth_model("nobody/nothing", None, profile="demo", device="cpu")
+    torch.manual_seed(7)  # the caller's global state must not matter
+    b = load_depth_model("nobody/nothing", None, profile="demo", device="cpu")
+    assert len(made) == 2 and all(str(p).startswith(str(tmp_path)) for p in made)
+    assert list(tmp_path.iterdir()) == []  # both loads removed their checkpoint directory
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert set(sa) == set(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    imgs = np.random.default_rng(0).integers(0, 255, (1, 28, 28, 3), dtype=np.uint8)
+    assert torch.equal(estimate_disparity(a, imgs), estimate_disparity(b, imgs))

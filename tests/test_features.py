@@ -106,3 +106,30 @@ def test_not_a_dinov2_name():
         extract_features(torch.nn.Linear(1, 1), np.zeros((2, 1, 8, 8), np.float32))
     with pytest.raises(ValueError, match="float"):
         extract_features(torch.nn.Linear(1, 1), np.zeros((2, 3, 8, 8), np.uint8))
+
+
+def test_random_fallback_is_seeded_and_leaves_the_global_stream_alone(offline):
+    """Two demo loads (as two demo runs) give identical weights and features; the caller's
+    torch random stream is neither reset nor advanced by the fallback."""
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a = load_dinov2("vit_small_patch14_dinov2", None, profile="demo", image_size=28, device="cpu")
+    assert torch.equal(torch.rand(3), expected_next)
+    torch.manual_seed(999)  # a different global state must not matter
+    b = load_dinov2("vit_small_patch14_dinov2", None, profile="demo", image_size=28, device="cpu")
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert set(sa) == set(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+    imgs = np.random.default_rng(1).random((2, 3, 28, 28), dtype=np.float32)
+    fa, fb = extract_features(a.model, imgs), extract_features(b.model, imgs)
+    assert np.array_equal(fa.patch, fb.patch) and np.array_equal(fa.cls, fb.cls)
+    assert not np.array_equal(fa.patch[0], fa.patch[1])  # not a degenerate constant model
+
+
+def test_save_tiny_dinov2_seed_determines_weights(tmp_path):
+    from safetensors.torch import load_file
+    a = load_file(str(save_tiny_dinov2(tmp_path / "a.safetensors", image_size=28, seed=5)))
+    b = load_file(str(save_tiny_dinov2(tmp_path / "b.safetensors", image_size=28, seed=5)))
+    c = load_file(str(save_tiny_dinov2(tmp_path / "c.safetensors", image_size=28, seed=6)))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["blocks.0.attn.qkv.weight"], c["blocks.0.attn.qkv.weight"])
