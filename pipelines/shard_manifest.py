@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -19,6 +20,48 @@ MANIFEST_SCHEMA_VERSION = 1
 #: ``bucket=<hex>/{split}-{index:06d}.tar`` (one shard sequence per bucket, see
 #: :mod:`pipelines.buckets`). Groups: bucket (or None), split, index.
 SHARD_RE = re.compile(r"^(?:bucket=([0-9a-f]{1,8})/)?([A-Za-z0-9_]+)-(\d{6})\.tar$")
+
+
+def resolve_shard(root: str | os.PathLike, name: Any) -> Path:
+    """The file of a manifest's shard ``name``, strictly inside the shard directory ``root``.
+
+    A manifest is data from whoever produced the shard set, and webdataset opens ``pipe:``
+    names as shell commands (``webdataset/gopen.py``): a name is accepted only if it fully
+    matches :data:`SHARD_RE` (``{split}-NNNNNN.tar``, optionally under ``bucket=<hex>/``), so
+    no scheme, ``..``, absolute path, backslash or newline gets through; the result is the
+    absolute path ``abspath(root)/name`` (a plain path that webdataset opens as a file). A
+    shard file that is itself a symlink (DVC's ``symlink`` cache type) is followed when
+    opened, as the shard directory's owner placed it.
+
+    Args:
+        root: the manifest's directory.
+        name: the ``name`` of a manifest shard entry.
+
+    Returns:
+        Absolute path (not checked for existence).
+
+    Raises:
+        ValueError: ``name`` is not a str matching ``SHARD_RE`` or would leave ``root``.
+    """
+    if not isinstance(name, str) or not SHARD_RE.fullmatch(name):
+        raise ValueError(f"refusing shard name {name!r} from the manifest: a shard name must be "
+                         "'{split}-NNNNNN.tar' or 'bucket=<hex>/{split}-NNNNNN.tar' (no paths, "
+                         "URLs or 'pipe:' commands)")
+    base = Path(os.path.abspath(root))
+    path = Path(os.path.normpath(base / name))
+    if base not in path.parents:
+        raise ValueError(f"refusing shard name {name!r}: resolves outside {base}")
+    return path
+
+
+def stray_shards(root: str | os.PathLike, listed: Iterable[str]) -> list[str]:
+    """Shard-named files (``SHARD_RE``: ``root/*.tar`` and ``root/bucket=*/*.tar``) that are
+    not in ``listed``, as manifest-style names, sorted."""
+    root = Path(root)
+    found = [p.relative_to(root).as_posix() for pattern in ("*.tar", "bucket=*/*.tar")
+             for p in root.glob(pattern)]
+    listed = set(listed)
+    return sorted(n for n in found if SHARD_RE.fullmatch(n) and n not in listed)
 
 
 class HashingFile:
@@ -125,8 +168,10 @@ def verify(manifest: str | Path | dict, root: str | Path | None = None) -> Verif
 
     Checks per shard: file present, byte size, sha256, sample count (distinct keys of
     the tar members, read as webdataset groups them), readable tar. Also: split totals
-    and ``digest`` match the shard list, no duplicate names, and no stray ``{split}-NNNNNN.tar`` in
-    ``root`` that the manifest does not list. Problems are reported, never raised.
+    and ``digest`` match the shard list, no duplicate names, every name valid
+    (:func:`resolve_shard`; an invalid name is reported and never opened), and no stray
+    shard file in ``root`` or its ``bucket=*/`` directories that the manifest does not list
+    (:func:`stray_shards`). Problems are reported, never raised.
 
     Args:
         manifest: as in :func:`read_manifest`.
@@ -145,12 +190,16 @@ def verify(manifest: str | Path | dict, root: str | Path | None = None) -> Verif
         return VerifyReport(False, [str(exn)])
     problems: list[str] = []
     shards = data.get("shards", [])
-    names = [s["name"] for s in shards]
+    names = [s.get("name") for s in shards]
     if len(set(names)) != len(names):
         problems.append("duplicate shard names in manifest")
     samples = 0
     for s in shards:
-        path = root / s["name"]
+        try:
+            path = resolve_shard(root, s.get("name"))
+        except ValueError as exn:
+            problems.append(str(exn))
+            continue
         if not path.is_file():
             problems.append(f"{s['name']}: missing")
             continue
@@ -170,8 +219,6 @@ def verify(manifest: str | Path | dict, root: str | Path | None = None) -> Verif
     if data.get("digest") != manifest_digest(shards):
         problems.append("manifest digest does not match the shard list")
     if root.is_dir():
-        listed = set(names)
-        for p in sorted(root.glob("*.tar")):
-            if SHARD_RE.match(p.name) and p.name not in listed:
-                problems.append(f"{p.name}: shard file not in manifest (stale or foreign)")
+        problems += [f"{n}: shard file not in manifest (stale or foreign)"
+                     for n in stray_shards(root, [n for n in names if isinstance(n, str)])]
     return VerifyReport(not problems, problems, len(shards), samples)

@@ -1,7 +1,7 @@
 """WebDataset shards of IVID training pairs: split, encode, write (verify and read the
 manifest: :mod:`pipelines.shard_manifest`).
 
-Sample schema: ``../shared/DESIGN.md`` ("Shard sample schema (IVID pair)"). Tars are
+Sample schema: :data:`pipelines.sample_schema.IVID_PAIR` (DESIGN.md "Shard sample schema"). Tars are
 written with ``webdataset.TarWriter`` (https://github.com/webdataset/webdataset,
 ``webdataset/writer.py``) with fixed headers, so equal inputs give byte-identical files.
 
@@ -21,7 +21,7 @@ leaves a partial file under a final name. One writer per directory at a time.
 
 ``manifest.json`` (key-sorted JSON; no timestamps, so equal inputs give equal bytes)::
 
-    {"schema_version": 1, "sample_schema": "ivid_pair/1", "dataset_version": "ab12...",
+    {"schema_version": 1, "sample_schema": "ivid_pair/2", "dataset_version": "ab12...",
      "params": {"fractions": {"test": 0.05, "train": 0.9, "val": 0.05},
                 "maxcount": 1000, "maxsize": 1e9},
      "shards": [{"name": "train-000000.tar", "split": "train", "count": 1000,
@@ -34,30 +34,24 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
-import json
 import re
 import tarfile
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import webdataset as wds
-from PIL import Image
 
 from pipelines.depth_convention import DEPTH_ENCODING_NAME, depth_encoding  # noqa: F401 (re-export)
+from pipelines.sample_schema import IVID_PAIR
 from pipelines.shard_manifest import (MANIFEST_NAME, MANIFEST_SCHEMA_VERSION, SHARD_RE, HashingFile,
                                       manifest_digest, split_totals)
 from pipelines.storage import atomic_path, remove_stale_temporaries, write_json_atomic
 
-SAMPLE_SCHEMA = "ivid_pair/1"
-PNG_COMPRESS_LEVEL = 6
+#: Members, encoders and validation of a sample: :data:`pipelines.sample_schema.IVID_PAIR`.
+SAMPLE_SCHEMA = IVID_PAIR.name
 #: Fixed tar header fields (TarWriter sets mtime/mode/uname/gname; uid = gid = 0 is
 #: ``tarfile.TarInfo``'s default; format is USTAR, member names <= 100 bytes).
 TAR_HEADER = {"mtime": 0, "mode": 0o444, "user": "viewforge", "group": "viewforge"}
-IMAGE_MEMBERS = ("target.png", "cond.png")
-DEPTH_MEMBERS = ("target_depth.png", "cond_depth.png")
-MASK_MEMBERS = ("mask.png", "mask_rgb.png")
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9_]+$")
 _BLOCK = tarfile.BLOCKSIZE
 
@@ -93,27 +87,9 @@ def split_of(sample_key: str, fractions: dict[str, float]) -> str:
     return max((n for n in names if fractions[n] > 0), key=names.index)
 
 
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    # Pillow writes no time chunk unless asked; fixed level -> deterministic bytes for
-    # a given zlib build.
-    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG",
-                                                    compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
-
-
-def _json(obj: Any) -> str:
-    def default(o: Any) -> Any:
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, np.generic):
-            return o.item()
-        raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=default)
-
-
 def encode_sample(pair: dict) -> dict[str, bytes | str]:
-    """Encode one IVID pair as a webdataset sample dict (members -> bytes).
+    """Encode one IVID pair as a webdataset sample dict (members -> bytes) with
+    :data:`pipelines.sample_schema.IVID_PAIR` (``IVID_PAIR.encode``).
 
     Args:
         pair: ``key`` str (``f"{sample_key}_{view:02d}"``; no ``.`` or ``/``, because
@@ -125,40 +101,17 @@ def encode_sample(pair: dict) -> dict[str, bytes | str]:
             JSON-able dict. numpy arrays/scalars inside the dicts become lists/numbers.
 
     Returns:
-        ``{"__key__": key, "target.png", "target_depth.png" (16-bit grayscale),
-        "cond.png", "cond_depth.png", "mask.png", "mask_rgb.png" (8-bit 0/255),
-        "camera.json", "meta.json" (sorted keys, compact), "pose.cls", "label.cls"
-        (omitted when label is None)}``; images are deterministic PNGs.
+        ``{"__key__": key, "target.png", "cond.png" (8-bit RGB), "target_depth.npy",
+        "cond_depth.npy" (uint16 [H,W] ``.npy``, read exactly by stock webdataset),
+        "mask.png", "mask_rgb.png" (8-bit 0/255), "camera.json", "meta.json" (sorted keys,
+        compact; ``meta`` + ``sample_key``), "pose.cls", "label.cls" (omitted when label is
+        None)}`` as bytes; deterministic.
 
     Raises:
-        ValueError: wrong dtype/shape, mismatched H/W, invalid key, missing depth encoding.
+        ValueError: wrong dtype/shape, mismatched H/W, invalid key, missing depth encoding
+            (every problem listed).
     """
-    key = pair["key"]
-    if not key or "." in key or "/" in key or len(key) + 1 + len("target_depth.png") > 100:
-        raise ValueError(f"invalid sample key {key!r}: no '.' or '/', at most 83 chars")
-    h, w = np.shape(pair["target_depth"])[:2]
-    checks = {**{k: (np.uint8, (h, w, 3)) for k in ("target", "cond")},
-              **{k: (np.uint16, (h, w)) for k in ("target_depth", "cond_depth")},
-              **{k: (np.bool_, (h, w)) for k in ("mask", "mask_rgb")}}
-    for name, (dtype, shape) in checks.items():
-        arr = pair[name]
-        if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.shape != shape:
-            got = (getattr(arr, "dtype", type(arr)), getattr(arr, "shape", None))
-            raise ValueError(f"{key}: {name} must be {np.dtype(dtype)} {shape}, got {got}")
-    enc = pair["camera"].get("depth_encoding")
-    if not isinstance(enc, dict) or not {"near", "far"} <= enc.keys():
-        raise ValueError(f"{key}: camera['depth_encoding'] missing; use shards.depth_encoding()")
-    sample: dict[str, bytes | str] = {"__key__": key}
-    for name in ("target", "cond", "target_depth", "cond_depth"):
-        sample[f"{name}.png"] = _png(pair[name])
-    for name in ("mask", "mask_rgb"):
-        sample[f"{name}.png"] = _png(pair[name].astype(np.uint8) * np.uint8(255))
-    sample["camera.json"] = _json(pair["camera"])
-    sample["meta.json"] = _json({**pair["meta"], "sample_key": pair["sample_key"]})
-    sample["pose.cls"] = str(int(pair["pose"]))
-    if pair.get("label") is not None:
-        sample["label.cls"] = str(int(pair["label"]))
-    return sample
+    return IVID_PAIR.encode(pair)
 
 
 def _tar_bytes(sample: dict[str, bytes | str]) -> int:

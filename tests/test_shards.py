@@ -66,10 +66,10 @@ def test_encode_sample_members_and_determinism():
     pair["label"] = None
     s = encode_sample(pair)
     assert s["__key__"] == pair["key"]
-    assert set(s) == {"__key__", "target.png", "target_depth.png", "cond.png", "cond_depth.png",
+    assert set(s) == {"__key__", "target.png", "target_depth.npy", "cond.png", "cond_depth.npy",
                       "mask.png", "mask_rgb.png", "camera.json", "meta.json", "pose.cls"}
     assert encode_sample(pair) == s
-    assert Image.open(io.BytesIO(s["target_depth.png"])).mode == "I;16"
+    assert np.array_equal(np.load(io.BytesIO(s["target_depth.npy"])), pair["target_depth"])
     assert Image.open(io.BytesIO(s["mask.png"])).mode == "L"
     assert "label.cls" in encode_sample({**pair, "label": 3})
     with pytest.raises(ValueError):
@@ -176,7 +176,8 @@ def test_stock_webdataset_reads_every_member_exactly(tmp_path):
             p = expected[s["__key__"]]
             seen.add(s["__key__"])
             png = {k: np.asarray(Image.open(io.BytesIO(s[f"{k}.png"])))
-                   for k in ("target", "cond", "target_depth", "cond_depth", "mask", "mask_rgb")}
+                   for k in ("target", "cond", "mask", "mask_rgb")}
+            png.update({k: np.load(io.BytesIO(s[f"{k}.npy"])) for k in ("target_depth", "cond_depth")})
             for k in ("target", "cond", "target_depth", "cond_depth"):
                 assert png[k].dtype == p[k].dtype and np.array_equal(png[k], p[k]), k
             for k in ("mask", "mask_rgb"):

@@ -32,7 +32,6 @@ deterministic per (seed, epoch); ``epoch_shuffle=False`` ignores the epoch. With
 from __future__ import annotations
 
 import hashlib
-import io
 import multiprocessing
 import warnings
 from pathlib import Path
@@ -41,11 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 
 from pipelines.depth_convention import UINT16_MAX, decode_zbuffer
-from pipelines.shard_manifest import read_manifest
-from pipelines.shards import DEPTH_MEMBERS, IMAGE_MEMBERS, MASK_MEMBERS
+from pipelines.sample_schema import get_schema
+from pipelines.shard_manifest import SHARD_RE, read_manifest, resolve_shard
 
 
 def _seed(*parts: int) -> int:
@@ -54,10 +52,14 @@ def _seed(*parts: int) -> int:
 
 
 class _Epoch:
-    """Epoch number in shared memory, visible to (persistent) DataLoader workers."""
+    """Epoch number in shared memory, visible to (persistent) DataLoader workers started with
+    any multiprocessing context. A lock-free ``RawValue``: a ``Value``'s lock, created in the
+    default (fork) context, cannot be pickled for "spawn"/"forkserver" workers ("SemLock
+    created in a fork context"); one writer (the main process) and an aligned 64-bit value
+    need no lock."""
 
     def __init__(self) -> None:
-        self.value = multiprocessing.Value("q", 0)
+        self.value = multiprocessing.RawValue("q", 0)
 
     def get(self) -> int:
         return int(self.value.value)
@@ -127,25 +129,26 @@ class _WorkerSeed:
         return _seed(rank, worker, self.epoch.get() if self.epoch is not None else 0)
 
 
-def _decode_zbuffer_png(data: bytes) -> torch.Tensor:
-    img = Image.open(io.BytesIO(data))
-    arr = np.asarray(img)
-    if arr.dtype != np.uint16:
-        raise ValueError(f"depth PNG must be 16-bit grayscale, got mode {img.mode}")
-    return torch.from_numpy(arr.astype(np.float32) / UINT16_MAX)[None]
+class _PairOutput:
+    """Map a raw webdataset sample to the loader's output dict (picklable for spawned
+    workers: holds the schema name). Decoding is the schema's
+    (:meth:`pipelines.sample_schema.SampleSchema.decode_sample`); this adds the tensor layout."""
 
+    def __init__(self, schema_name: str):
+        self.schema_name = schema_name
 
-def _decode_mask_png(data: bytes) -> torch.Tensor:
-    arr = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
-    return torch.from_numpy((arr > 127).astype(np.float32))[None]
-
-
-def _to_output(sample: dict[str, Any]) -> dict[str, Any]:
-    out = {m.split(".")[0]: sample[m] for m in IMAGE_MEMBERS + DEPTH_MEMBERS + MASK_MEMBERS}
-    out.update(camera=sample["camera.json"], meta=sample.get("meta.json", {}),
-               pose=int(sample["pose.cls"]), label=int(sample.get("label.cls", -1)),
-               key=sample["__key__"])
-    return out
+    def __call__(self, raw: dict[str, Any]) -> dict[str, Any]:
+        s = get_schema(self.schema_name).decode_sample(raw)
+        out: dict[str, Any] = {}
+        for k in ("target", "cond"):
+            out[k] = torch.from_numpy(s[k]).permute(2, 0, 1).float() / 255
+        for k in ("target_depth", "cond_depth"):
+            out[k] = torch.from_numpy(s[k].astype(np.float32) / UINT16_MAX)[None]
+        for k in ("mask", "mask_rgb"):
+            out[k] = torch.from_numpy(s[k].astype(np.float32))[None]
+        out.update(camera=s["camera"], meta=s["meta"], pose=int(s["pose"]),
+                   label=-1 if s["label"] is None else int(s["label"]), key=s["key"])
+        return out
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -177,22 +180,31 @@ def zbuffer_to_depth(zbuffer: torch.Tensor, camera: dict[str, Any]) -> torch.Ten
 
 
 def split_urls(manifest_or_dir: str | Path, split: str) -> list[str]:
-    """Paths of the shards of ``split``, in manifest order, after a cheap completeness check
-    (manifest present, each shard present with the manifest's byte size). For a full check
-    (sha256, counts) run :func:`pipelines.shard_manifest.verify`.
+    """Absolute paths of the shards of ``split``, in manifest order, after a cheap
+    completeness check (manifest present, each shard present with the manifest's byte size).
+    Every shard name of the manifest is validated first
+    (:func:`pipelines.shard_manifest.resolve_shard`: only ``[bucket=<hex>/]{split}-NNNNNN.tar``
+    inside the manifest's directory; never a ``pipe:`` command, URL, absolute path or ``..``).
+    For a full check (sha256, counts) run :func:`pipelines.shard_manifest.verify`.
 
     Raises:
         FileNotFoundError: no manifest (incomplete set) or a shard is missing.
-        ValueError: unknown split, a split without shards, or a shard of the wrong size.
+        ValueError: invalid shard name, a name whose split part differs from its entry's
+            split, unknown split, a split without shards, or a shard of the wrong size.
     """
-    manifest, root = read_manifest(manifest_or_dir)
+    return _split_urls(*read_manifest(manifest_or_dir), split)
+
+
+def _split_urls(manifest: dict, root: Path, split: str) -> list[str]:
     if split not in manifest["splits"]:
         raise ValueError(f"split {split!r} not in manifest splits {sorted(manifest['splits'])}")
     urls = []
     for s in manifest["shards"]:
+        path = resolve_shard(root, s.get("name"))  # every name, whatever its split
+        if SHARD_RE.fullmatch(s["name"]).group(2) != s.get("split"):
+            raise ValueError(f"shard {s['name']!r} is listed under split {s.get('split')!r}")
         if s["split"] != split:
             continue
-        path = root / s["name"]
         if not path.is_file():
             raise FileNotFoundError(f"{path}: shard listed in the manifest is missing")
         if path.stat().st_size != s["bytes"]:
@@ -231,9 +243,15 @@ def make_dataset(manifest_or_dir: str | Path, split: str, *, batch_size: int | N
         ``wds.WebDataset`` with an added ``set_epoch(epoch: int)`` method.
 
     Raises:
-        FileNotFoundError, ValueError: as :func:`split_urls`.
+        FileNotFoundError, ValueError: as :func:`split_urls`; ValueError also for a
+            manifest whose ``sample_schema`` is not an IVID pair schema (``ivid_pair/1``,
+            ``ivid_pair/2`` of :mod:`pipelines.sample_schema` are read).
     """
-    urls = split_urls(manifest_or_dir, split)
+    manifest, root = read_manifest(manifest_or_dir)
+    schema = get_schema(manifest.get("sample_schema"))
+    if not schema.name.startswith("ivid_pair/"):
+        raise ValueError(f"make_dataset reads IVID pair shards, this set is {schema.name!r}")
+    urls = _split_urls(manifest, root, split)
     epoch, node = _Epoch(), _NodeInfo()
     ep = epoch if epoch_shuffle else None
     ds = wds.WebDataset(urls, resampled=resampled, shardshuffle=False,
@@ -248,9 +266,7 @@ def make_dataset(manifest_or_dir: str | Path, split: str, *, batch_size: int | N
                                              deterministic=True)
     if shuffle_buffer > 0:
         ds.append(_SeededShuffle(shuffle_buffer, seed, ep, node))
-    ds = ds.decode(wds.handle_extension(" ".join(DEPTH_MEMBERS), _decode_zbuffer_png),
-                   wds.handle_extension(" ".join(MASK_MEMBERS), _decode_mask_png),
-                   wds.imagehandler("torchrgb")).map(_to_output)
+    ds = ds.map(_PairOutput(schema.name))
     if batch_size is not None:
         ds = ds.batched(batch_size, collation_fn=collate, partial=True)
     ds.set_epoch = epoch.set

@@ -78,25 +78,36 @@ def check_pose_clusters(root: Path) -> Check:
 
 
 def check_training_shards(root: Path) -> Check:
-    """Manifest verifies (sha256, sizes, counts) and every sample has every member."""
+    """Manifest verifies (sha256, sizes, counts) and every sample is valid for the manifest's
+    ``sample_schema`` (:meth:`pipelines.sample_schema.SampleSchema.validate_members`: every
+    required member present, no unknown member, each decodes with the right dtype/shape)."""
+    import json
+
     import webdataset as wds
 
-    from pipelines.shard_manifest import verify
+    from pipelines.sample_schema import get_schema
+    from pipelines.shard_manifest import resolve_shard, verify
 
-    manifest = Path(root) / "shards" / "manifest.json"
+    shard_dir = Path(root) / "shards"
+    manifest = shard_dir / "manifest.json"
     report = verify(manifest)
-    required = {"target.png", "target_depth.png", "cond.png", "cond_depth.png", "mask.png", "mask_rgb.png",
-                "camera.json", "pose.cls", "meta.json"}
-    import json
-    shards = json.loads(manifest.read_text())["shards"]
-    incomplete = 0
-    n = 0
-    for s in shards:
-        for sample in wds.WebDataset(str(Path(root) / "shards" / s["name"]), shardshuffle=False):
+    data = json.loads(manifest.read_text())
+    try:
+        schema = get_schema(data.get("sample_schema"))
+    except ValueError as exn:
+        return False, {"verified": report.ok, "problems": [str(exn), *report.problems][:20]}
+    invalid, n, examples = 0, 0, []
+    for s in data["shards"] if report.ok else []:  # names are validated by verify
+        for sample in wds.WebDataset(str(resolve_shard(shard_dir, s["name"])), shardshuffle=False,
+                                     empty_check=False):
             n += 1
-            incomplete += int(not required <= set(sample))
-    return report.ok and incomplete == 0, {"verified": report.ok, "problems": list(report.problems)[:20],
-                                           "samples": n, "incomplete_samples": incomplete}
+            problems = schema.validate_members(sample)
+            invalid += int(bool(problems))
+            if problems and len(examples) < 20:
+                examples.append(f"{s['name']} {sample.get('__key__')}: {'; '.join(problems)}")
+    return report.ok and invalid == 0, {"verified": report.ok, "problems": list(report.problems)[:20],
+                                        "sample_schema": schema.name, "samples": n,
+                                        "invalid_samples": invalid, "invalid_examples": examples}
 
 
 def check_trained_models(root: Path) -> Check:
