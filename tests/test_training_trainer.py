@@ -87,6 +87,29 @@ def test_resume_is_exact(shards, tmp_path):
     assert [r.split(",")[0] for r in lines[1:]] == ["3", "5", "6"]
 
 
+def test_csv_keeps_each_step_once_after_resume(shards, tmp_path):
+    """A run killed after logging past its last checkpoint re-logs those steps on resume:
+    train.csv must hold each step once (the rows of the lost steps are replaced)."""
+    tc = _tcfg(max_steps=6, batch_size=4, log_every=2, ckpt_every=3)
+
+    def die_after_4(event):
+        if event["event"] == "log" and event["step"] == 4:
+            raise KeyboardInterrupt  # a kill after step 4 was logged, last checkpoint at 3
+
+    first = Trainer(tiny_config("first_view"), DiffusionConfig(), tc, shards, tmp_path,
+                    progress_callback=die_after_4)
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    path = tmp_path / "logs" / "train.csv"
+    assert [r.split(",")[0] for r in path.read_text().splitlines()[1:]] == ["2", "4"]
+    second = Trainer(tiny_config("first_view"), DiffusionConfig(), tc, shards, tmp_path)
+    assert second.step == 3
+    second.train()
+    rows = path.read_text().splitlines()
+    assert rows[0] == "step,loss,lr,samples_per_s,elapsed_s"
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
+
+
 DDP_SCRIPT = textwrap.dedent("""
     import json, sys, torch
     from training.diffusion import DiffusionConfig

@@ -147,6 +147,23 @@ class DataStream:
         self.segment, self.consumed, self._it = int(d["segment"]), int(d["consumed"]), None
 
 
+def _open_csv_log(path: Path, step: int) -> Any:
+    """Open ``train.csv`` for appending after dropping rows with ``step >`` the resumed step
+    (a run that died after logging past its last checkpoint re-logs those steps; as
+    TensorBoard's ``purge_step``), writing the header to a new file."""
+    rows: list[list[str]] = []
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    keep = [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+    if not rows or len(keep) != len(rows) - 1:
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([["step", "loss", "lr", "samples_per_s", "elapsed_s"], *keep])
+        os.replace(tmp, path)
+    return open(path, "a", newline="")
+
+
 class Trainer:
     """Builds model, optimiser, EMA and logging; :meth:`train` runs the loop.
 
@@ -263,12 +280,8 @@ class Trainer:
             (self.out / "logs").mkdir(parents=True, exist_ok=True)
             from torch.utils.tensorboard import SummaryWriter
             writer = SummaryWriter(str(self.out / "logs" / "tb"), purge_step=self.step)
-            csv_path = self.out / "logs" / "train.csv"
-            new = not csv_path.exists()
-            csv_file = open(csv_path, "a", newline="")
+            csv_file = _open_csv_log(self.out / "logs" / "train.csv", self.step)
             csv_w = csv.writer(csv_file)
-            if new:
-                csv_w.writerow(["step", "loss", "lr", "samples_per_s", "elapsed_s"])
         bar = tqdm(total=max_steps, initial=self.step, disable=not main, desc="train", dynamic_ncols=True)
         losses: list[float] = []
         window: list[float] = []
