@@ -94,7 +94,7 @@ def write_dense_array(path: Path, a: np.ndarray) -> None:
     H, W = a.shape
     with open(path, "wb") as f:
         f.write(f"{W}&{H}&1&".encode())
-        f.write(np.asarray(a, "<f4").T.reshape(-1).tobytes())   # column-major of [H, W]
+        f.write(np.ascontiguousarray(a, "<f4").tobytes())   # column-major [W, H] = row-major [H, W]
 
 
 def find_model_dir(path: Path) -> Path | None:
