@@ -5,42 +5,20 @@ Training runs as a subprocess (``python -m training.pipes_entry``) through
 metadata. Both assets belong to the concurrency pool ``gpu``.
 """
 import sys
-from typing import Optional
 
 import dagster as dg
 
 import pipelines.versions as V
 from assets_defs.assets import training_shards
 from assets_defs.metadata import to_result
-from assets_defs.resources import PARAMS, ViewforgeSettings
+from assets_defs.resources import ViewforgeSettings, section_config
 
 GROUP = "models"
-_T = PARAMS.get("train") or {}
-_E = PARAMS.get("eval") or {}
 
-
-class TrainModelsConfig(dg.Config):
-    """Training (``train`` in params.yaml)."""
-    config: str = _T.get("config", "base")
-    max_steps: Optional[int] = _T.get("max_steps")
-    first_view_class_cond: str = _T.get("first_view_class_cond", "none")
-    init_novel_from_first: bool = _T.get("init_novel_from_first", True)
-    first_view: list[str] = list(_T.get("first_view") or [])
-    novel_view: list[str] = list(_T.get("novel_view") or [])
-
-
-class EvalConfig(dg.Config):
-    """Evaluation (the main keys of ``eval`` in params.yaml; the rest are read from the file)."""
-    split: str = _E.get("split", "test")
-    resolution: int = _E.get("resolution", 128)
-    protocols: list[str] = list(_E.get("protocols") or ["generation", "novel_view", "view_sweep"])
-    num_samples: int = _E.get("num_samples", 10000)
-    num_pairs: Optional[int] = _E.get("num_pairs", 1000)
-    sweep_viewsets: int = _E.get("sweep_viewsets", 100)
-    ddim_steps: int = _E.get("ddim_steps", 50)
-    guidance_scale: float = _E.get("guidance_scale", 1.0)
-    feature_extractor_weights_path: Optional[str] = _E.get("feature_extractor_weights_path")
-    lpips_weights_path: Optional[str] = _E.get("lpips_weights_path")
+#: Training (``train`` in params.yaml); unset fields take their params.yaml value at run time.
+TrainModelsConfig = section_config("train", "TrainModelsConfig")
+#: Evaluation (``eval`` in params.yaml); unset fields take their params.yaml value at run time.
+EvalConfig = section_config("eval", "EvalConfig")
 
 
 @dg.asset(group_name=GROUP, code_version=V.TRAIN, deps=[training_shards], pool="gpu", kinds={"pytorch"},

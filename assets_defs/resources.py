@@ -1,112 +1,155 @@
-"""Dagster resources and per-asset Config classes whose defaults come from params.yaml."""
+"""Dagster resources, the per-asset Config classes (generated from
+:mod:`pipelines.params_schema`) and the translation of expected errors into
+``dagster.Failure``.
 
+Nothing here freezes a parameter at import: every Config field is optional with default
+``None`` ("not set") and carries the schema's description for the launchpad; a run reads
+``params.yaml`` when it starts (:meth:`ViewforgeSettings.params`) and applies only the
+launchpad fields the user set. Consequence: a launchpad field cannot set a parameter to
+``null``; edit params.yaml for that.
+"""
+from __future__ import annotations
+
+import contextlib
 import os
+import types
+import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Literal, Optional, Union
 
 import dagster as dg
+from pydantic import Field, create_model
 
-from pipelines.config import data_root, deep_merge, load_params
+from pipelines.config import data_root
+from pipelines.params_schema import SECTIONS, ParamsError, ViewforgeParams, load_validated_params
 
-PARAMS = load_params()
+_ROOT = ViewforgeParams.model_fields
+
+
+def _config_type(ann: Any) -> Any:
+    """The Dagster-config spelling of a schema annotation: Optional unwrapped, Literal ->
+    the type of its values (checked by the schema at run time), containers recursed."""
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin in (Union, types.UnionType):
+        return _config_type(next(a for a in args if a is not type(None)))
+    if origin is Literal:
+        return type(args[0])
+    if origin is list:
+        return list[_config_type(args[0])]
+    if origin is dict:
+        return dict[str, _config_type(args[1])]
+    return ann
+
+
+def _description(field: Any) -> str:
+    ann = field.annotation
+    choices = typing.get_args(ann) if typing.get_origin(ann) is Literal else ()
+    extra = f" One of: {', '.join(map(str, choices))}." if choices else ""
+    return f"{field.description}.{extra} Unset: the params.yaml value when the run starts."
+
+
+def section_config(section: str, name: str, **nested: type[dg.Config]) -> type[dg.Config]:
+    """A ``dagster.Config`` class for params section ``section``: one optional field per
+    schema key (default None = not set; description from the schema), except keys marked
+    ``launchpad=False``; ``nested`` adds Config fields for other sections (e.g. ``source``
+    inside ``IngestConfig``), which :func:`config_overrides` maps to those sections."""
+    model = SECTIONS[section]
+    fields: dict[str, Any] = {}
+    for key, f in model.model_fields.items():
+        if (f.json_schema_extra or {}).get("launchpad", True):
+            fields[key] = (Optional[_config_type(f.annotation)], Field(default=None, description=_description(f)))
+    for key, cls in nested.items():
+        fields[key] = (Optional[cls], Field(default=None, description=_ROOT[key].description))
+    doc = f"{(model.__doc__ or section).strip()} Fields left unset take their params.yaml value at run time."
+    return create_model(name, __base__=dg.Config, __doc__=doc, __module__=__name__, **fields)
+
+
+def _drop_none(v: Any) -> Any:
+    return {k: _drop_none(x) for k, x in v.items() if x is not None} if isinstance(v, dict) else v
+
+
+def config_overrides(section: str, config: dg.Config) -> dict[str, Any]:
+    """The launchpad fields the user set, as params overrides: ``{section: {key: value}}``
+    plus ``{other_section: {...}}`` for nested Config fields (unset = None = dropped)."""
+    out: dict[str, Any] = {}
+    for key, value in _drop_none(config.model_dump()).items():
+        if key in SECTIONS[section].model_fields:
+            out.setdefault(section, {})[key] = value
+        elif key in _ROOT:
+            out[key] = value
+        else:
+            raise KeyError(f"{type(config).__name__}.{key} is no parameter of {section!r}")
+    return out
 
 
 class ViewforgeSettings(dg.ConfigurableResource):
-    """Run-wide settings: data root, profile, global seed, chunk size, torch device."""
+    """Run-wide settings. Every field left unset (None) is read when the run starts:
+    the data root from ``$VIEWFORGE_DATA`` (else ``data/``), the rest from params.yaml."""
 
-    data_root: str = str(data_root())
-    profile: str = os.environ.get("VIEWFORGE_PROFILE") or str(PARAMS.get("profile", "default"))
-    seed: int = int(PARAMS.get("seed", 0))
-    chunk_size: int = int(PARAMS.get("chunk_size", 256))
-    device: Optional[str] = None
+    data_root: Optional[str] = Field(None, description="data root (unset: $VIEWFORGE_DATA or data/)")
+    params_file: Optional[str] = Field(None, description="params file (unset: $VIEWFORGE_PARAMS or params.yaml)")
+    profile: Optional[str] = Field(None, description=f"{_ROOT['profile'].description}. Unset: $VIEWFORGE_PROFILE, "
+                                                     "else params.yaml")
+    seed: Optional[int] = Field(None, description=f"{_ROOT['seed'].description}. Unset: params.yaml")
+    chunk_size: Optional[int] = Field(None, description=f"{_ROOT['chunk_size'].description}. Unset: params.yaml")
+    device: Optional[str] = Field(None, description="torch device (unset: CUDA when available, else CPU)")
 
     def root(self) -> Path:
-        p = Path(self.data_root)
+        p = Path(self.data_root) if self.data_root else data_root()
         p.mkdir(parents=True, exist_ok=True)
         return p
 
     def params(self, section: str | None = None, config: dg.Config | None = None) -> dict[str, Any]:
-        """params.yaml (read now, so edits apply to the next run) with the run's settings
-        and, when given, the asset's Config overriding ``section``."""
-        base = deep_merge(load_params(), {"profile": self.profile, "seed": self.seed, "chunk_size": self.chunk_size})
+        """The full, validated params dict, read from the params file now (an edit applies
+        to the next run without reloading definitions). Precedence, lowest first: schema
+        defaults, params file, ``$VIEWFORGE_PROFILE``, this resource's set fields, the
+        launchpad fields set in ``config`` (the Config of params section ``section``).
+
+        Raises:
+            dagster.Failure: invalid parameters (:func:`params_failure`), cause ParamsError.
+        """
+        over = {k: getattr(self, k) for k in ("profile", "seed", "chunk_size") if getattr(self, k) is not None}
         if section and config is not None:
-            base = deep_merge(base, {section: config.model_dump()})
-        return base
+            for k, v in config_overrides(section, config).items():
+                over[k] = {**over.get(k, {}), **v} if isinstance(v, dict) and k in SECTIONS else v
+        try:
+            return load_validated_params(self.params_file, over)
+        except ParamsError as e:
+            raise params_failure(e) from e
 
 
-def _d(section: str, key: str, default: Any = None) -> Any:
-    return (PARAMS.get(section) or {}).get(key, default)
+def params_failure(err: ParamsError) -> dg.Failure:
+    """``dagster.Failure`` for invalid parameters: short description naming each parameter,
+    its rule and what to set; metadata ``parameter``, ``rule``, ``value``, ``params_file``."""
+    return dg.Failure(description=err.describe(), allow_retries=False,
+                      metadata={"parameter": err.param, "rule": err.rule, "value": repr(err.value),
+                                "params_file": err.source or ""})
 
 
-class SourceConfig(dg.Config):
-    """Which images to ingest (``source`` in params.yaml)."""
-    kind: str = _d("source", "kind", "sample")
-    path: Optional[str] = _d("source", "path")
+@contextlib.contextmanager
+def clean_failures() -> Iterator[None]:
+    """Turn expected failures inside an asset body into a short ``dagster.Failure``:
+    invalid parameters (:class:`ParamsError`), weights that cannot be resolved
+    (``WeightsUnavailableError``: its message names the parameters and the demo profile)
+    and a missing upstream result (``FileNotFoundError``: materialize upstream first)."""
+    from pipelines.models import WeightsUnavailableError
+    try:
+        yield
+    except ParamsError as e:
+        raise params_failure(e) from e
+    except WeightsUnavailableError as e:
+        raise dg.Failure(description=str(e), allow_retries=False, metadata={
+            "error": "weights unavailable", "profile": os.environ.get("VIEWFORGE_PROFILE", ""),
+            "fix": "set the local checkpoint / hub id parameters named above, or run with VIEWFORGE_PROFILE=demo"}) from e
+    except FileNotFoundError as e:
+        raise dg.Failure(description=f"{e}. Materialize the upstream assets first.", allow_retries=False,
+                         metadata={"error": "missing input", "path": str(e.filename or "")}) from e
 
 
-class IngestConfig(dg.Config):
-    """Ingestion parameters (``ingest`` in params.yaml)."""
-    source: SourceConfig = SourceConfig()
-    resolution: int = _d("ingest", "resolution", 256)
-    min_size: int = _d("ingest", "min_size", 64)
-
-
-class DepthConfig(dg.Config):
-    """Depth estimation (``depth`` in params.yaml)."""
-    model: Optional[str] = _d("depth", "model")
-    local_dir: Optional[str] = _d("depth", "local_dir")
-    batch_size: int = _d("depth", "batch_size", 8)
-    near: float = _d("depth", "near", 0.5)
-    far: float = _d("depth", "far", 100.0)
-    min_disparity: float = _d("depth", "min_disparity", 1e-3)
-
-
-class WarpConfig(dg.Config):
-    """IVID forward-backward warping (``warp`` in params.yaml)."""
-    views_per_image: int = _d("warp", "views_per_image", 4)
-    fov_deg: float = _d("warp", "fov_deg", 45.0)
-    yaw_std: float = _d("warp", "yaw_std", 0.15)
-    pitch_std: float = _d("warp", "pitch_std", 0.15)
-    radius_std: float = _d("warp", "radius_std", 0.1)
-    center_std: float = _d("warp", "center_std", 0.05)
-    supersample: int = _d("warp", "supersample", 3)
-    min_coverage: Optional[int] = _d("warp", "min_coverage", 7)
-    edge_threshold: float = _d("warp", "edge_threshold", 0.02)
-    prewarp_noise: float = _d("warp", "prewarp_noise", 0.005)
-    blur_p: float = _d("warp", "blur_p", 0.8)
-    blur_kernel: int = _d("warp", "blur_kernel", 3)
-    erode_sizes: list[int] = _d("warp", "erode_sizes", [1, 3, 5, 7, 9])
-    padding: float = _d("warp", "padding", 2.0)
-    batch_size: int = _d("warp", "batch_size", 16)
-    workers: Optional[int] = _d("warp", "workers")   # None = auto (pipelines.stages.warp.resolve_workers)
-
-
-class FeaturesConfig(dg.Config):
-    """DINOv2 features (``features`` in params.yaml)."""
-    model: str = _d("features", "model", "vit_small_patch14_dinov2.lvd142m")
-    local_path: Optional[str] = _d("features", "local_path")
-    image_size: int = _d("features", "image_size", 224)
-    batch_size: int = _d("features", "batch_size", 16)
-    flipped: bool = _d("features", "flipped", True)
-
-
-class PoseConfig(dg.Config):
-    """Pose clustering (``pose`` in params.yaml)."""
-    num_parts: int = _d("pose", "num_parts", 8)
-    num_poses: int = _d("pose", "num_poses", 12)
-    max_points: int = _d("pose", "max_points", 200000)
-    location_weight: float = _d("pose", "location_weight", 1.0)
-    visibility_threshold: float = _d("pose", "visibility_threshold", 0.02)
-    outlier_percentile: float = _d("pose", "outlier_percentile", 95.0)
-    all_foreground: bool = _d("pose", "all_foreground", False)
-    restarts: int = _d("pose", "restarts", 5)
-    niter: int = _d("pose", "niter", 25)
-    location_frame: str = _d("pose", "location_frame", "object")
-    num_threads: Optional[int] = _d("pose", "num_threads")
-
-
-class ShardsConfig(dg.Config):
-    """WebDataset shards (``shards`` in params.yaml)."""
-    maxcount: int = _d("shards", "maxcount", 1000)
-    maxsize: int = int(_d("shards", "maxsize", 1_000_000_000))
-    split_fractions: dict[str, float] = _d("shards", "split_fractions", {"train": 0.9, "val": 0.05, "test": 0.05})
+SourceConfig = section_config("source", "SourceConfig")
+IngestConfig = section_config("ingest", "IngestConfig", source=SourceConfig)
+DepthConfig = section_config("depth", "DepthConfig")
+WarpConfig = section_config("warp", "WarpConfig")
+FeaturesConfig = section_config("features", "FeaturesConfig")
+PoseConfig = section_config("pose", "PoseConfig")
+ShardsConfig = section_config("shards", "ShardsConfig")

@@ -32,37 +32,21 @@ from eval import protocols as P
 from eval.report import write_report
 from pipelines.config import deep_merge, load_params, stable_hash
 from pipelines.models import RANDOM_OK_PROFILES, RANDOM_WEIGHTS, pick_device
+from pipelines.params_schema import EVAL_PROTOCOLS, effective_section
 from pipelines.stages.common import StageReport
 
 log = logging.getLogger("viewforge")
 CODE_VERSION = "eval/1"
-ALL_PROTOCOLS = ("generation", "novel_view", "view_sweep")
-DEFAULTS: dict[str, Any] = {
-    "split": "test", "resolution": 128, "protocols": list(ALL_PROTOCOLS), "num_samples": 10000,
-    "max_real": None, "num_pairs": 1000, "sweep_viewsets": 100, "batch_size": 32, "sweep_batch_size": 4,
-    "sweep_yaws": None, "sweep_pitches": None, "seed": 0, "ddim_steps": 50, "guidance_scale": 1.0,
-    "kid_subsets": 100, "kid_subset_size": 1000,
-    "feature_extractor_weights_path": None, "fd_dinov2": True, "dinov2_model": None, "dinov2_local_path": None,
-    "dinov2_image_size": 224, "lpips_net": "alex", "lpips_weights_path": None,
-    "first_view_model": "first_view", "novel_view_model": "novel_view", "weights": "ema",
-    "small_profile": {"num_samples": 16, "max_real": 64, "num_pairs": 8, "sweep_viewsets": 2, "ddim_steps": 4,
-                      "kid_subsets": 10},
-}
+ALL_PROTOCOLS = EVAL_PROTOCOLS
 
 
 def eval_params(params: dict[str, Any], profile: str) -> dict[str, Any]:
-    """``params["eval"]`` over :data:`DEFAULTS`; in profiles demo/smoke each count is capped
+    """``params["eval"]`` validated and completed with the schema defaults
+    (:class:`pipelines.params_schema.EvalParams`); in profiles demo/smoke each count is capped
     by ``small_profile`` (non-numeric entries, e.g. ``split``, replace the value).
-    Raises ValueError for an unknown protocol name."""
-    p = deep_merge(DEFAULTS, params.get("eval") or {})
-    if profile in RANDOM_OK_PROFILES:
-        for k, cap in (p.get("small_profile") or {}).items():
-            numeric = isinstance(cap, (int, float)) and isinstance(p.get(k), (int, float))
-            p[k] = min(p[k], cap) if numeric else cap
-    bad = set(p["protocols"]) - set(ALL_PROTOCOLS)
-    if bad:
-        raise ValueError(f"eval.protocols: unknown {sorted(bad)}; choose from {ALL_PROTOCOLS}")
-    return p
+    Raises :class:`~pipelines.params_schema.ParamsError` (a ValueError) naming the parameter,
+    e.g. ``eval.protocols`` for an unknown protocol."""
+    return effective_section({"eval": params.get("eval") or {}, "profile": profile}, "eval")
 
 
 def checkpoint_hash(model_dir: Path) -> str:

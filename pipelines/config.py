@@ -1,7 +1,8 @@
 """Parameters (``params.yaml``), the data root, and stable hashing of parameters.
 
-``params.yaml`` is the single place for every tunable value; Dagster asset configs
-take their defaults from it and DVC tracks it with ``params:``. The file is found at
+``params.yaml`` holds the values users edit (types, defaults, rules and descriptions:
+:mod:`pipelines.params_schema`, whose ``load_validated_params`` is the validated way to
+read it); the Dagster assets read it when a run starts and DVC tracks it with ``params:``. The file is found at
 ``$VIEWFORGE_PARAMS`` or ``params.yaml`` in the working directory (falling back to the
 repository root), and the data root at ``$VIEWFORGE_DATA`` or ``data/``.
 """

@@ -77,7 +77,7 @@ def test_report_renders_end_to_end(report):
 
 def test_smoke_profile_caps_counts():
     p = eval_params({"eval": {"num_samples": 10000, "max_real": None}}, "smoke")
-    assert p["num_samples"] == 16 and p["max_real"] == 64 and p["ddim_steps"] == 4
+    assert p["num_samples"] == 8 and p["max_real"] == 64 and p["ddim_steps"] == 4   # eval.small_profile defaults
     assert eval_params({}, "default")["num_samples"] == 10000
     with pytest.raises(ValueError, match="eval.protocols"):
         eval_params({"eval": {"protocols": ["nope"]}}, "default")
