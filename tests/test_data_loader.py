@@ -197,3 +197,47 @@ def test_ddp_two_ranks_disjoint_and_complete(shard_sets, tmp_path):
         assert Counter(r0 + r1) == Counter(split_keys(shard_sets[name], split))
     assert result["one"][1] == []  # one shard, two ranks: rank 1 yields nothing, no hang
     assert len(result["many"][0]) and len(result["many"][1])
+
+
+@pytest.mark.timeout(180)
+def test_spawn_workers_read_every_sample_and_follow_set_epoch(shard_sets):
+    """``multiprocessing_context="spawn"`` (the default on macOS/Windows, and with CUDA):
+    the dataset pickles into spawned workers (issue 12: it raised "SemLock created in a fork
+    context") and ``set_epoch`` still reaches persistent spawned workers."""
+    ds = make_dataset(shard_sets["many"], "train", batch_size=2, shuffle_buffer=4, seed=3)
+    dl = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True,
+                    multiprocessing_context="spawn")
+    epochs = []
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        epochs.append([k for b in dl for k in b["key"]])
+    expected = split_keys(shard_sets["many"], "train")
+    assert sorted(epochs[0]) == sorted(epochs[1]) == sorted(expected)
+    assert epochs[0] != epochs[1]
+    ds.set_epoch(0)  # same order as the fork workers give for epoch 0
+    assert epochs[0] == _loader_keys(ds, 2)
+
+
+def test_reads_ivid_pair_v1_sets_like_v2(tmp_path, monkeypatch):
+    """Shard sets written before ``shards-2`` (16-bit PNG depth) load to the same tensors."""
+    from pipelines import shards as shards_mod
+    from pipelines.sample_schema import IVID_PAIR_V1
+
+    new = write_shards(make_pairs(4), tmp_path / "v2", fractions={"train": 1.0}, dataset_version="t")
+    monkeypatch.setattr(shards_mod, "IVID_PAIR", IVID_PAIR_V1)
+    monkeypatch.setattr(shards_mod, "SAMPLE_SCHEMA", IVID_PAIR_V1.name)
+    old = write_shards(make_pairs(4), tmp_path / "v1", fractions={"train": 1.0}, dataset_version="t")
+    assert (old["sample_schema"], new["sample_schema"]) == ("ivid_pair/1", "ivid_pair/2")
+    a, b = (list(make_dataset(tmp_path / d, "train")) for d in ("v1", "v2"))
+    assert len(a) == len(b) == 8
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        assert all(torch.equal(x[k], y[k]) if isinstance(x[k], torch.Tensor) else x[k] == y[k] for k in x)
+
+
+def test_refuses_viewset_manifest(tmp_path):
+    write_shards(make_pairs(2), tmp_path, fractions={"train": 1.0}, dataset_version="t")
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**m, "sample_schema": "viewset/1"}))
+    with pytest.raises(ValueError, match="reads IVID pair shards"):
+        make_dataset(tmp_path, "train")
