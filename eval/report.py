@@ -29,6 +29,7 @@ from PIL import Image
 from eval.protocols import Metric, ProtocolResult
 from pipelines.models import RANDOM_WEIGHTS
 from pipelines.storage import write_bytes_atomic, write_json_atomic
+from pipelines.text import escape_md, md_code_block, md_table
 
 RANDOM_BANNER = (f"WARNING: some networks ran on random weights -- these numbers are {RANDOM_WEIGHTS}; "
                  "they only show that the pipeline runs.")
@@ -81,12 +82,6 @@ def _table(metrics: Sequence[Metric]) -> list[list[str]]:
                      str(i.get("resolution", "")), fx, f"{i.get('dataset_version', '?')} / {i.get('split', '?')}",
                      f"{i.get('model', '?')} ({i.get('model_hash', '?')})"])
     return rows
-
-
-def _md_table(rows: list[list[str]]) -> str:
-    esc = [[c.replace("|", "\\|") for c in r] for r in rows]
-    return "\n".join(["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(esc[0])] +
-                     ["| " + " | ".join(r) + " |" for r in esc[1:]])
 
 
 def _html_table(rows: list[list[str]]) -> str:
@@ -149,33 +144,33 @@ def render(results: Sequence[ProtocolResult], header: dict[str, Any], notes: Seq
     def md_img(name: str) -> str:
         src = (f"data:image/png;base64,{base64.b64encode(images[name]).decode()}" if embed
                else f"images/{name}.png")
-        return f"![{name}]({src})"
+        return f"![{escape_md(name)}]({src})"
 
     def html_img(name: str) -> str:
-        return f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(images[name]).decode()}">'
+        return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(images[name]).decode()}">'
 
     rnd = is_random(results, header)
-    md = [f"# {title}", ""] + ([f"> **{RANDOM_BANNER}**", ""] if rnd else [])
-    md += ["| field | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in header.items()] + [""]
+    md = [f"# {escape_md(title)}", ""] + ([f"> **{RANDOM_BANNER}**", ""] if rnd else [])
+    md += [md_table([["field", "value"]] + [[k, _fmt(v)] for k, v in header.items()]), ""]
     hb = [f"<h1>{html.escape(title)}</h1>"] + ([f'<p class="warn">{html.escape(RANDOM_BANNER)}</p>'] if rnd else [])
-    hb.append(_html_table([["field", "value"]] + [[k, _fmt(v)] for k, v in header.items()]))
+    hb.append(_html_table([["field", "value"]] + [[str(k), _fmt(v)] for k, v in header.items()]))
     for r in results:
-        md += [f"## {r.title}", "", _md_table(_table(r.metrics)), ""]
+        md += [f"## {escape_md(r.title)}", "", md_table(_table(r.metrics)), ""]
         hb += [f"<h2>{html.escape(r.title)}</h2>", _html_table(_table(r.metrics))]
         extra = {k: v for k, v in r.info.items() if k not in ("protocol",) and not isinstance(v, (dict,))}
-        md += ["<details><summary>protocol</summary>", "", "```", *(f"{k}: {v}" for k, v in extra.items()), "```",
-               "</details>", ""]
+        md += ["<details><summary>protocol</summary>", "",
+               md_code_block("\n".join(f"{k}: {v}" for k, v in extra.items())), "</details>", ""]
         hb.append("<details><summary>protocol</summary><pre>" +
                   html.escape("\n".join(f"{k}: {v}" for k, v in extra.items())) + "</pre></details>")
         for note in r.notes:
-            md += [f"*Note: {note}*", ""]
+            md += [f"*Note: {escape_md(note)}*", ""]
             hb.append(f"<p><em>Note: {html.escape(note)}</em></p>")
         for name in (n for n in images if n.startswith(r.name)):
             md += [md_img(name), ""]
             hb.append(html_img(name))
-        md.append(f"*{r.name}: {r.seconds:.1f} s*\n")
+        md.append(f"*{escape_md(r.name)}: {r.seconds:.1f} s*\n")
     if notes:
-        md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+        md += ["## Notes", ""] + [f"- {escape_md(n)}" for n in notes] + [""]
         hb += ["<h2>Notes</h2><ul>"] + [f"<li>{html.escape(n)}</li>" for n in notes] + ["</ul>"]
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}img{max-width:100%;display:block;"

@@ -103,3 +103,38 @@ def test_dvc_metrics_show_lists_numbers(report, tmp_path):
     shown = json.loads(res.stdout)
     data = next(iter(shown.values()))["data"]["metrics.json"]["data"]
     assert data == pytest.approx(metrics)
+
+
+def test_hostile_strings_render_as_text(tmp_path):
+    """User strings (dataset version, split, model path, notes) cannot inject HTML or break
+    a table, in report.md and report.html."""
+    import html as h
+
+    markdown_it = pytest.importorskip("markdown_it")
+    from eval.protocols import Metric, ProtocolResult
+    from eval.report import write_report
+
+    evil = "<img src=x onerror=alert(1)>|evil.png"
+    info = {"dataset_version": evil, "split": "a|b", "model": f"/models/{evil}", "model_hash": "`h`",
+            "num_samples": 3, "feature_extractor": "dinov2-cls", "weights_origin": f"local:{evil}"}
+    res = ProtocolResult("generation", "Generation", {"protocol": "x", "source": "```\n</details>" + evil},
+                         [Metric("generation_fid", "FID", 1.5, False, info)], notes=[f"note {evil}\n# not a heading"])
+    out = write_report([res], tmp_path, header={"dataset_version": evil, "label": "- [x](javascript:1)"},
+                       notes=[evil], title=f"report {evil}")
+    md = (tmp_path / "report.md").read_text()
+    rendered = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(md)
+    assert "<img" not in rendered and "<a " not in rendered and "<h1>report &lt;img" in rendered
+    # every table row keeps its column count (2 for the header table, 8 for the metrics table)
+    tables = [t.split("</table>")[0] for t in rendered.split("<table>")[1:]]
+    assert len(tables) == 2
+    for table, ncols in zip(tables, (2, 8)):
+        rows = table.split("<tr>")[1:]
+        assert [r.count("<td>") + r.count("<th>") for r in rows] == [ncols] * len(rows)
+    shown = h.escape(evil, quote=False)
+    assert rendered.count(shown) >= 6  # title, header, 2 metric cells, note, run note: as text
+    # the protocol block is verbatim code: its fence and </details> cannot be closed early
+    code = rendered.split("<pre><code>", 1)[1].split("</code></pre>", 1)[0]
+    assert h.unescape(code) == "source: ```\n</details>" + evil + "\n"
+    page = (tmp_path / "report.html").read_text()
+    assert "<img src=x" not in page and page.count(h.escape(evil)) >= 6
+    assert "<img src=x" not in out["markdown"].split("```")[0]
