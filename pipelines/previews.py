@@ -7,6 +7,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from pipelines.text import escape_md
+
 
 def colorize(values: np.ndarray, cmap: str = "magma", invalid: np.ndarray | None = None) -> np.ndarray:
     """Map a float [H,W] array to uint8 RGB [H,W,3] (min-max over finite values,
@@ -45,5 +47,6 @@ def grid_png(rows: list[list[np.ndarray]], tile: int = 96, pad: int = 2) -> byte
 
 
 def markdown_image(png: bytes, alt: str = "preview") -> str:
-    """Inline Markdown image (data URI) for Dagster ``MetadataValue.md``."""
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+    """Inline Markdown image (data URI) for Dagster ``MetadataValue.md``; ``alt`` is escaped
+    (:func:`pipelines.text.escape_md`)."""
+    return f"![{escape_md(alt)}](data:image/png;base64,{base64.b64encode(png).decode()})"

@@ -112,3 +112,10 @@ def test_code_block_is_verbatim(text):
     assert h.unescape(inner) == text + "\n"
     with pytest.raises(ValueError):
         md_code_block("x", info="py`")
+
+
+def test_preview_alt_text_is_escaped():
+    from pipelines.previews import markdown_image
+    html = markdown_it.MarkdownIt("commonmark", {"html": True}).render(markdown_image(b"\x89PNG", "x](javascript:1) <b>"))
+    assert html.count("<img") == 1 and 'alt="x](javascript:1) &lt;b&gt;"' in html
+    assert html.split('src="')[1].split('"')[0] == "data:image/png;base64,iVBORw=="
