@@ -20,7 +20,7 @@ from PIL import Image
 
 SPHERE_C, SPHERE_R = np.array([0.02, 0.03, 0.02]), 0.3
 BOX_LO, BOX_HI = np.array([-0.45, 0.08, -0.3]), np.array([-0.12, 0.4, 0.02])
-GROUND_Z = -0.3
+GROUND_Z, GROUND_RADIUS = -0.3, 1.1       # a textured disk under the object
 
 
 def tex(P):
@@ -46,6 +46,9 @@ def _trace(C, d, ground):
         with np.errstate(divide="ignore", invalid="ignore"):
             t_gr = (GROUND_Z - C[2]) / d[..., 2]
         t_gr = np.where(np.isfinite(t_gr) & (t_gr > 0), t_gr, np.inf)
+        with np.errstate(invalid="ignore"):
+            Pg = C[:2] + np.where(np.isfinite(t_gr), t_gr, 0)[..., None] * d[..., :2]
+        t_gr = np.where((Pg ** 2).sum(-1) <= GROUND_RADIUS ** 2, t_gr, np.inf)
     else:
         t_gr = np.full_like(t_obj, np.inf)
     return np.minimum(t_obj, t_gr), t_obj <= t_gr
@@ -154,7 +157,7 @@ def write_co3d(root, category, sequences, *, subset="fewview_dev", splits=None):
         for i in range(V):
             fn = 3 * i + 1                                    # frame_number != file number
             img = f"{category}/{seq}/images/frame{i + 1:06d}.jpg"
-            save_rgb(root / img, s["rgb"][i], quality=97)
+            save_rgb(root / img, s["rgb"][i], quality=98, subsampling=0)
             msk = f"{category}/{seq}/masks/frame{i + 1:06d}.png"
             save_gray(root / msk, s["alpha"][i])
             dep = f"{category}/{seq}/depths/frame{i + 1:06d}.jpg.geometric.png"

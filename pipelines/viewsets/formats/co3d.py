@@ -131,6 +131,8 @@ class CO3DReader(Reader):
             eb = cat_dir / "eval_batches" / f"eval_batches_{subset}.json"
             if eb.exists():
                 meta["eval_batches"] = [[int(e[1]) for e in b] for b in read_json(eb) if b and b[0][0] == seq]
+        if not frames:
+            raise ViewsetError("too_few_views", f"{seq}: no frames in subset {subset!r} split {split!r}")
         sa = _sequence_annotation(cat_dir, seq)
         if sa is not None:
             meta["point_cloud"] = sa.get("point_cloud")
