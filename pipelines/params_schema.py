@@ -13,6 +13,7 @@ result hash. Dagster-free: imports pydantic and :mod:`pipelines.config` only.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 from collections.abc import Mapping
 from typing import Any, Literal, Optional
@@ -442,20 +443,29 @@ def result_params(params: Mapping[str, Any], section: str, **extra: Any) -> dict
     return {**{k: v for k, v in sec.items() if k not in NON_RESULT_KEYS[section]}, **extra}
 
 
-_DATA = ["ingest", "depth", "warp", "features", "pose"]
-#: asset -> the params sections that determine its results from its inputs, including the
-#: parameters of the upstream stages it inherits (``source`` only selects data: it belongs
-#: to ``source_images`` alone). Speed-only keys never count.
-ASSET_PARAM_SECTIONS: dict[str, list[str]] = {
-    "source_images": ["source", "ingest"],
-    "depth_maps": ["ingest", "depth"],
-    "warp_pairs": ["seed", "ingest", "depth", "warp"],
-    "dinov2_features": ["ingest", "features"],
-    "pose_clusters": ["seed", "ingest", "features", "pose"],
-    "training_shards": ["seed", "num_buckets", *_DATA, "shards"],
-    "trained_models": ["seed", "num_buckets", "profile", *_DATA, "shards", "train"],
-    "eval_reports": ["seed", "num_buckets", "profile", *_DATA, "shards", "train", "eval"],
-}
+#: model assets: the sections they add to those of the shard set they read
+MODEL_PARAM_SECTIONS: dict[str, list[str]] = {"trained_models": ["profile", "train"],
+                                              "eval_reports": ["profile", "train", "eval"]}
+
+
+@functools.cache
+def _asset_param_sections() -> dict[str, list[str]]:
+    from pipelines.stages.specs import STAGES, param_sections   # the stage graph's one home
+    out = {name: param_sections(name) for name in STAGES}
+    for name, extra in MODEL_PARAM_SECTIONS.items():
+        out[name] = sorted(set(out["shard_manifest"]) | set(extra))
+    return out
+
+
+def __getattr__(name: str) -> Any:
+    """``ASSET_PARAM_SECTIONS``: asset -> the params sections that determine its results, its
+    own and those of every upstream stage (:func:`pipelines.stages.specs.param_sections`;
+    model assets add :data:`MODEL_PARAM_SECTIONS`). Built on first access, so this module
+    never imports the stage graph at import time. Speed-only keys never count
+    (:func:`result_params`)."""
+    if name == "ASSET_PARAM_SECTIONS":
+        return _asset_param_sections()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def params_code_version(code_version: str, params: Mapping[str, Any], sections: list[str]) -> str:
@@ -471,8 +481,3 @@ def params_code_version(code_version: str, params: Mapping[str, Any], sections: 
     full = validate_params(params)
     payload = {s: result_params(full, s) for s in sorted(set(sections))}
     return f"{code_version}+p{stable_hash(payload, 8)}"
-
-
-def asset_code_version(asset: str, code_version: str, params: Mapping[str, Any]) -> str:
-    """:func:`params_code_version` with the sections of ``ASSET_PARAM_SECTIONS[asset]``."""
-    return params_code_version(code_version, params, ASSET_PARAM_SECTIONS[asset])

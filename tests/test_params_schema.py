@@ -101,7 +101,7 @@ def test_config_classes_expose_every_launchpad_key_with_its_description_unset_by
 
 def test_code_version_hashes_result_params_only():
     base = S.validate_params({})
-    cv = lambda p, a="warp_pairs": S.asset_code_version(a, "warp-2", p)   # noqa: E731
+    cv = lambda p, a="warp_pairs": S.params_code_version("warp-2", p, S.ASSET_PARAM_SECTIONS[a])   # noqa: E731
     v0 = cv(base)
     assert re.fullmatch(r"warp-2\+p[0-9a-f]{8}", v0)
     assert cv({}) == v0                                             # defaulted == written
@@ -112,15 +112,15 @@ def test_code_version_hashes_result_params_only():
     assert cv({"seed": 1}) != v0
     depth_edit = {"depth": {"far": 50.0}}
     changed = {a for a in S.ASSET_PARAM_SECTIONS if cv(depth_edit, a) != cv({}, a)}
-    assert changed == {"depth_maps", "warp_pairs", "training_shards", "trained_models", "eval_reports"}
+    assert changed == {"depth_maps", "warp_pairs", "training_shards", "shard_manifest", "trained_models",
+                       "eval_reports"}                            # the edited stage and what follows
     shards_edit = {"shards": {"allow_shrink": True, "min_kept_fraction": 0.1}}   # a guard, not a result
     assert all(cv(shards_edit, a) == cv({}, a) for a in S.ASSET_PARAM_SECTIONS)
 
 
 def test_every_asset_has_param_sections():
-    from assets_defs.assets import DATA_ASSETS
-    from assets_defs.models import MODEL_ASSETS
-    names = {a.key.to_user_string() for a in [*DATA_ASSETS, *MODEL_ASSETS]}
+    from assets_defs.definitions import defs
+    names = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert names == set(S.ASSET_PARAM_SECTIONS)
 
 
