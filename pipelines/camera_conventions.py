@@ -265,8 +265,9 @@ def qvec_to_rotmat(qvec) -> np.ndarray:
 
 
 def rotmat_to_qvec(R) -> np.ndarray:
-    """Inverse of :func:`qvec_to_rotmat` for one R [3, 3] (qw >= 0); float64 [4]."""
-    R = _f64(R)
+    """Inverse of :func:`qvec_to_rotmat` for one R [3, 3] (qw >= 0); float64 [4]
+    (COLMAP ``rotmat2qvec``, whose ``Ryx`` is ``R[0, 1]``)."""
+    R = _f64(R).T
     K = np.array([[R[0, 0] - R[1, 1] - R[2, 2], 0, 0, 0],
                   [R[1, 0] + R[0, 1], R[1, 1] - R[0, 0] - R[2, 2], 0, 0],
                   [R[2, 0] + R[0, 2], R[2, 1] + R[1, 2], R[2, 2] - R[0, 0] - R[1, 1], 0],
