@@ -153,7 +153,8 @@ def build_pairs(images: torch.Tensor, depths: torch.Tensor, keys: Sequence[str],
                                      Kt.to(device), T.to(device), supersample=ss, min_coverage=mc,
                                      edge_threshold=float(p["edge_threshold"]),
                                      reference_depth=float(np.linalg.norm(SOURCE_EYE)),   # pivot distance
-                                     near=near, far=far, padding=float(p["padding"]))
+                                     near=near, far=far,
+                                     padding=None if p["padding"] is None else float(p["padding"]))
         cond_i, cond_d = pair.cond_image.cpu(), pair.cond_depth.cpu()
         masks = pair.mask.cpu()
         for n, (b, v) in enumerate(chunk):

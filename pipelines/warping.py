@@ -22,25 +22,21 @@ batched torch (CPU or CUDA, headless, no OpenGL):
   z-buffer value); its colour is the mean of the coloured sub-pixels (IVID: Lanczos
   downsampling), its depth the z of the centre sub-pixel (IVID: ``depth[ssaa_offset::ssaa]``).
 
-Discontinuities are IVID's two tests, in IVID's units (``rgbd_3d/utils.py`` of
-JeffreyXiang/ivid, read at commit 98da20c):
+Discontinuities are IVID's two tests in IVID's units (JeffreyXiang/ivid ``rgbd_3d/utils.py``,
+read at commit 98da20c), each :func:`discontinuous` ``|dx| > t and |d(1/x)| > t`` with
+``t = edge_threshold`` (IVID ``atol = rtol = 0.02``):
 
-* **mesh** (``mask_discontinuity(faces, depths, atol, rtol)``, backward pass only, IVID's
-  forward pass uses ``atol=None``): a triangle is discontinuous when
-  ``max z - min z > t`` **and** ``max 1/z - min 1/z > t`` over its 3 vertices, with ``z``
-  the normalised depth ``z_n = z / reference_depth``;
-* **edge** (``depth_edge(depth, atol, rtol)`` applied to ``project_depth(depth, near, far)``):
-  the same two tests on the z-buffer value ``v = (1/near - 1/z_n) / (1/near - 1/far)``
-  (``z_n`` clipped to [near, far], ``v`` floored at 1e-6). As ``v <= 1``, the
-  ``|d(1/v)|`` test follows from ``|dv| > t``, so this is ``|d(1/z_n)| > t (1/near - 1/far)``,
-  i.e. a disparity jump of 0.0398 with IVID's t = 0.02, near = 0.5, far = 100.
+* **mesh** (``mask_discontinuity``, backward pass only; IVID's forward mesh has
+  ``atol=None``): ``x`` = a triangle's (min, max) normalised depth ``z / reference_depth``;
+* **edge** (:func:`depth_edge`, IVID ``depth_edge(project_depth(depth, near, far))``): ``x`` =
+  the z-buffer value ``(1/near - 1/z_n) / (1/near - 1/far)``, i.e. ``|d(1/z_n)| > t (1/near -
+  1/far)``: a disparity jump of 0.0398 with IVID's t, near = 0.5, far = 100.
 
-``t = edge_threshold`` (IVID ``atol = rtol = 0.02``). IVID's normalised units are those of
-:mod:`pipelines.depth_convention` and :mod:`pipelines.camera`: disparity scaled so its
-maximum is ``1/near`` and the source camera one unit from the pivot it looks at. Here
-``reference_depth`` is that unit (the pivot distance) in the caller's depth unit and
-``near``/``far`` are multiples of it, so scaling depth, translation and ``reference_depth``
-together leaves every result unchanged (bit-identical for powers of two).
+IVID's normalised units are those of :mod:`pipelines.depth_convention` and
+:mod:`pipelines.camera` (max disparity ``1/near``, source camera one unit from the pivot it
+looks at); ``reference_depth`` is that unit in the caller's depth unit and ``near``/``far``
+are multiples of it, so scaling depth, translation and ``reference_depth`` together leaves
+every result unchanged (bit-identical for powers of two).
 
 Implementation: the mesh (vertices, triangulation, culling, barycentric planes, span lines)
 is set up with batched tensor ops here; :mod:`pipelines.raster` then rasterises it --
@@ -346,15 +342,11 @@ def forward_warp(image: torch.Tensor, depth: torch.Tensor, K_src: torch.Tensor,
         supersample: sub-pixels per axis (IVID: 3), >= 1.
         min_coverage: coloured sub-pixels (of ``supersample**2``) for a valid pixel;
             default :func:`default_min_coverage` (IVID: 7 of 9).
-        edge_threshold: t of IVID's discontinuity tests (``atol = rtol``, IVID: 0.02), >= 0:
-            a triangle whose vertices differ by more than t in normalised depth **and** in
-            normalised disparity occludes without colour; a pixel with >= 3 neighbours whose
-            z-buffer values differ by more than t is masked (module docstring).
-        reference_depth: IVID's unit depth (the pivot distance: source camera to the point
-            it looks at) in the unit of ``depth``, > 0; depths are divided by it before the
-            tests. 1 for depth from :func:`pipelines.depth_convention.disparity_to_depth`.
-        near, far: IVID's z-buffer planes as multiples of ``reference_depth`` (IVID and
-            params.yaml ``depth:``: 0.5, 100), 0 < near < far; used by the edge test only.
+        edge_threshold: t of IVID's mesh and edge tests (``atol = rtol``; IVID 0.02), >= 0.
+        reference_depth: IVID's unit depth (the pivot distance) in the unit of ``depth``,
+            > 0; 1 for depth from :func:`pipelines.depth_convention.disparity_to_depth`.
+        near, far: IVID's z-buffer planes in multiples of ``reference_depth`` (IVID and
+            params.yaml ``depth:``: 0.5, 100), 0 < near < far; edge test only.
         padding: extend the mesh border outward by this many pixels (IVID pads the source
             mesh in the forward pass); padded geometry draws the edge colour.
         src_mask: optional bool [B, 1, H, W]; source pixels False occlude but give no colour.
@@ -383,7 +375,7 @@ def forward_backward_warp(image: torch.Tensor, depth: torch.Tensor, K: torch.Ten
                           src_to_tgt: torch.Tensor, *, supersample: int = 3,
                           min_coverage: int | None = None, edge_threshold: float = 0.02,
                           reference_depth: float = 1.0, near: float = 0.5, far: float = 100.0,
-                          padding: float = 2.0) -> ConditionPair:
+                          padding: float | None = None) -> ConditionPair:
     """IVID's condition: warp to the novel view, warp the result back (``forward_backward_warp``
     in ``rgbd_3d/utils.py``; paper Sec. 3.2). No augmentation happens here.
 
@@ -392,9 +384,18 @@ def forward_backward_warp(image: torch.Tensor, depth: torch.Tensor, K: torch.Ten
     drawing colour (stretched discontinuities included), gives an RGBD image and its
     sub-pixel coverage. Backward pass: that RGBD image as a mesh -- discontinuity
     triangles and pixels below ``min_coverage`` occlude without colour -- rendered back
-    into the source view; the coverage and depth-edge rules give the mask. IVID pads by
-    the image size; a few pixels give the same result (only the source's half-pixel frame
-    depends on it) at a fraction of the cost.
+    into the source view; the coverage and depth-edge rules give the mask.
+
+    Padding: IVID pads by the image size (``WarpDataset``), so the stretched border covers
+    the novel view. A narrower ring leaves the area beyond it empty, which the backward
+    pass sees as no geometry instead of border-coloured geometry: the mask changes near the
+    frame and, at large pitch, along discontinuities. At 128 px (``benchmarks/
+    bench_warping.py --mask-diff 64 --sizes 128 --padding 2,8,image``) padding 2 differs
+    from 128 on 247 of 1.05 M mask pixels with IVID's cameras, 1311 at pitch +-0.4 rad
+    (padding 8: 56, 402; 64 or 256: 0-1), and padding = image size costs no measurable
+    time (1 thread: 16.8 vs 17.0 pairs/s at 128 px, 4.3 vs 4.3 at 256 px): the default.
+    Much wider rings swing behind the novel camera at large rotations (2x the image at
+    yaw 0.2, pitch 0.4 already), where triangles are dropped, not clipped as in OpenGL.
 
     Args:
         image: float [B, C, H, W]; depth: float [B, 1, H, W] z-depth (invalid: non-finite
@@ -403,7 +404,8 @@ def forward_backward_warp(image: torch.Tensor, depth: torch.Tensor, K: torch.Ten
         supersample, min_coverage, edge_threshold, reference_depth, near, far: as
             :func:`forward_warp` (the mesh test applies to the backward pass only, as IVID's
             ``depth_to_mesh(atol=None)`` forward mesh has no discontinuity flags).
-        padding: forward-pass border padding in pixels (>= 0).
+        padding: forward-pass border padding in pixels (>= 0); None (default) = the image
+            size ``max(H, W)``, IVID's.
     Without the batch dim, every tensor drops it.
 
     Returns:
@@ -413,8 +415,9 @@ def forward_backward_warp(image: torch.Tensor, depth: torch.Tensor, K: torch.Ten
         ValueError: as :func:`forward_warp`.
     """
     single, image, depth, K, _, T = _prep(image, depth, K, K, src_to_tgt)
-    ss, mc, edges = _check_opts(supersample, min_coverage, edge_threshold, padding, reference_depth, near, far)
     H, W = image.shape[2:]
+    padding = float(max(H, W)) if padding is None else padding
+    ss, mc, edges = _check_opts(supersample, min_coverage, edge_threshold, padding, reference_depth, near, far)
     img1, z1, cov1, _ = _render(image, depth, K, K, T, H, W, ss, mc, edges, float(padding), None,
                                 flag_disc=False)
     back = forward_warp(img1, z1, K, K, invert_rigid(T.to(torch.float64)), supersample=ss,

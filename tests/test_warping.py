@@ -432,3 +432,19 @@ def test_cuda_matches_cpu():
     assert (a.mask == b.mask.cpu()).float().mean() > 0.995
     both = a.mask & b.mask.cpu()
     assert psnr(a.cond_image, b.cond_image.cpu(), both) > 50
+
+
+def test_padding_default_is_ivids_image_size():
+    """padding=None pads by max(H, W) (IVID ``padding=self.image_size``); half that ring gives
+    the same masks, a 2-px ring does not at large pitch (issue 13)."""
+    B, H, W = 4, 40, 56
+    img, depth = textured(B, H, W, seed=8), smooth((B, 1, H, W), 0.9, 1.3, seed=6)
+    depth[:, :, 4:16, 10:30] *= 0.6                      # a near box close to the top edge
+    T = torch.stack([torch.tensor(novel_camera(0.15 * (b - 1.5), 0.4 * (-1) ** b).src_to_tgt,
+                                  dtype=torch.float32) for b in range(B)])
+    K = K_of(H, W)
+    ref = forward_backward_warp(img, depth, K, T)
+    same = forward_backward_warp(img, depth, K, T, padding=float(W))
+    assert torch.equal(ref.mask, same.mask) and torch.equal(ref.cond_image, same.cond_image)
+    assert (forward_backward_warp(img, depth, K, T, padding=W / 2).mask != ref.mask).sum() <= 2
+    assert (forward_backward_warp(img, depth, K, T, padding=2.0).mask != ref.mask).sum() > 0
