@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DVC_VENV := .venv-dvc
 DVC := $(DVC_VENV)/bin/dvc
 
-.PHONY: demo test ui dvc install bench
+.PHONY: demo test ui dvc install bench release
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ $(DVC):
 	$(DVC_VENV)/bin/uv pip install -q --python $(DVC_VENV)/bin/python 'dvc>=3.50,<4'
 
 dvc: $(DVC)
+
+# Dataset release (pipelines/release.py): dvc repro, commit dvc.lock, dvc push, git tag + push.
+# make release TAG=v1 REMOTE=/shared/dvc-store   (or s3://bucket/path; absolute URLs only)
+release: $(STAMP) $(DVC)
+	PATH="$(abspath $(DVC_VENV))/bin:$$PATH" $(PY) -m pipelines.release --tag "$(TAG)" $(if $(REMOTE),--remote "$(REMOTE)")
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
