@@ -15,11 +15,16 @@ A sample exists in two forms:
   last ``/``, so keys contain neither ``.`` nor ``/``.
 
 Every member uses an encoding that stock webdataset decodes losslessly (its default
-``basichandlers`` and ``imagehandler``, ``webdataset/autodecode.py``): 8-bit PNG for images
-and masks, ``.npy`` for 16-bit depth (``numpy.lib.format``; webdataset's image decoders
-would clip a 16-bit PNG to 8 bit), ``.npz`` for camera arrays, ``.json``, ``.cls``. All
-encoders give deterministic bytes (PNG without time chunks at a fixed zlib level, npz with
-fixed zip timestamps, compact key-sorted JSON).
+``gzfilter``, ``basichandlers`` and ``imagehandler``, ``webdataset/autodecode.py``): 8-bit
+PNG for images and masks, gzipped ``.npy`` (``.npy.gz``) for 16-bit depth (webdataset's
+image decoders would clip a 16-bit PNG to 8 bit; gzip keeps a smooth 256 px depth map at
+~16 KB instead of the 131 KB of a raw ``.npy``), ``.npz`` for camera arrays, ``.json``,
+``.cls``. All encoders give deterministic bytes (PNG without time chunks and gzip with
+``mtime=0`` at fixed zlib levels, npz with fixed zip timestamps, compact key-sorted JSON).
+
+**Writing tars**: use ``webdataset.TarWriter(..., encoder=False)`` with the bytes of
+:meth:`SampleSchema.encode`; TarWriter's default encoder would gzip ``.gz`` members a
+second time (with the current time in the header).
 
 Instances: :data:`IVID_PAIR` (``ivid_pair/2``), :data:`IVID_PAIR_V1` (``ivid_pair/1``, the
 16-bit PNG depth of earlier shard sets; read support), :data:`VIEWSET` (``viewset/1``);
@@ -27,6 +32,7 @@ Instances: :data:`IVID_PAIR` (``ivid_pair/2``), :data:`IVID_PAIR_V1` (``ivid_pai
 """
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import math
@@ -81,6 +87,14 @@ def _load_npy(data: bytes) -> np.ndarray:
     return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
 
 
+def _npy_gz(arr: np.ndarray) -> bytes:
+    return gzip.compress(_npy(arr), compresslevel=6, mtime=0)
+
+
+def _load_npy_gz(data: bytes) -> np.ndarray:
+    return _load_npy(gzip.decompress(data))
+
+
 def _npz(arrays: Mapping[str, np.ndarray]) -> bytes:
     """``np.savez`` layout (one ``<name>.npy`` per array, stored) with fixed zip timestamps:
     ``np.load`` / webdataset's ``npz`` decoder read it; equal arrays give equal bytes."""
@@ -122,7 +136,8 @@ GRAY8_PNG = Codec("gray8.png", _png, decode_png, lambda v: _array_problem(v, np.
 #: bool [H,W] stored as 8-bit 0/255; decoded as ``value > 127``.
 MASK_PNG = Codec("mask.png", lambda v: _png(v.astype(np.uint8) * np.uint8(255)),
                  lambda b: decode_png(b) > 127, lambda v: _array_problem(v, np.bool_, 2))
-U16_NPY = Codec("u16.npy", _npy, _load_npy, lambda v: _array_problem(v, np.uint16, 2))
+#: uint16 [H,W] as gzipped ``.npy`` (webdataset's ``gzfilter`` + ``npy`` decoders read it).
+U16_NPY_GZ = Codec("u16.npy.gz", _npy_gz, _load_npy_gz, lambda v: _array_problem(v, np.uint16, 2))
 #: ivid_pair/1 depth (16-bit grayscale PNG): exact with PIL, clipped by webdataset's decoders.
 U16_PNG = Codec("u16.png", _png, decode_png, lambda v: _array_problem(v, np.uint16, 2))
 JSON_DICT = Codec("dict.json", _json_bytes, json.loads,
@@ -340,11 +355,11 @@ def _ivid_members(depth: Codec, ext: str) -> tuple[Member, ...]:
 #: One IVID training pair (DESIGN.md "Shard sample schema (IVID pair)"). Fields: ``key``
 #: (``f"{sample_key}_{view:02d}"``), ``sample_key`` str (stored in ``meta.json``),
 #: ``target``/``cond`` uint8 [H,W,3] RGB (``*.png``), ``target_depth``/``cond_depth`` uint16
-#: [H,W] IVID z-buffer (:mod:`pipelines.depth_convention`; ``*.npy``), ``mask``/``mask_rgb``
+#: [H,W] IVID z-buffer (:mod:`pipelines.depth_convention`; ``*.npy.gz``), ``mask``/``mask_rgb``
 #: bool [H,W] (8-bit 0/255 PNG), ``camera`` dict with ``depth_encoding`` {near, far}
 #: (``camera.json``), ``meta`` dict (``meta.json``), ``pose`` int (``pose.cls``), ``label``
 #: int or None (``label.cls``, omitted when None).
-IVID_PAIR = SampleSchema("ivid_pair/2", _ivid_members(U16_NPY, "npy"), _ivid_rules,
+IVID_PAIR = SampleSchema("ivid_pair/2", _ivid_members(U16_NPY_GZ, "npy.gz"), _ivid_rules,
                          _ivid_pack, _ivid_unpack)
 #: Shard sets written before ``shards-2``: the same, with depth as 16-bit grayscale PNG.
 IVID_PAIR_V1 = SampleSchema("ivid_pair/1", _ivid_members(U16_PNG, "png"), _ivid_rules,
@@ -389,7 +404,7 @@ def _viewset_rules(s: dict) -> list[str]:
 #: ``f"{v:03d}.<suffix>"``): ``rgb`` uint8 [H,W,3] un-composited (``rgb.png``), ``alpha``
 #: uint8 [H,W] soft foreground (``alpha.png``, optional), ``depth`` uint16 [H,W] with
 #: z-depth = value * ``meta["depth_scale"]`` in canonical world units, 0 = invalid
-#: (``depth.npy``, optional), ``depthmask`` bool [H,W] (``depthmask.png``, optional);
+#: (``depth.npy.gz``, optional), ``depthmask`` bool [H,W] (``depthmask.png``, optional);
 #: ``cams`` dict of arrays (``cams.npz``: ``w2c`` [V,4,4] float64 OpenCV world-to-camera,
 #: ``K`` [V,3,3] float64 in viewforge's pixel convention at the stored size, ``hw`` [V,2]
 #: int, ``crop_xywh`` [V,4] float64 in source pixels, ``scale`` [V] float64 source ->
@@ -398,7 +413,7 @@ def _viewset_rules(s: dict) -> list[str]:
 VIEWSET = SampleSchema("viewset/1", (
     Member("rgb", "rgb.png", RGB8_PNG, per_view=True),
     Member("alpha", "alpha.png", GRAY8_PNG, required=False, per_view=True),
-    Member("depth", "depth.npy", U16_NPY, required=False, per_view=True),
+    Member("depth", "depth.npy.gz", U16_NPY_GZ, required=False, per_view=True),
     Member("depthmask", "depthmask.png", MASK_PNG, required=False, per_view=True),
     Member("cams", "cams.npz", NPZ), Member("views", "views.json", JSON_LIST),
     Member("meta", "meta.json", JSON_DICT)), _viewset_rules)

@@ -28,6 +28,8 @@ leaves a partial file under a final name. One writer per directory at a time.
                  "bytes": 73410560, "sha256": "9f86..."}, ...],
      "splits": {"train": {"shards": 3, "count": 2712, "bytes": 199116800}, ...},
      "digest": "sha256 over the lines f"{name} {sha256}\\n" of all shards",
+     "content_digest": "additive hash of the samples (sample_digest): equal for equal samples
+                        whatever their split into shards or buckets",
      "extra": {...caller's dict...}}
 """
 from __future__ import annotations
@@ -87,6 +89,27 @@ def split_of(sample_key: str, fractions: dict[str, float]) -> str:
     return max((n for n in names if fractions[n] > 0), key=names.index)
 
 
+#: Modulus of the additive content digest (2**256 - 189, the largest 256-bit prime).
+CONTENT_MODULUS = 2 ** 256 - 189
+
+
+def sample_digest(sample: dict[str, bytes | str]) -> str:
+    """sha256 (hex) of one encoded sample: its ``__key__`` and every member name + bytes, in
+    sorted member order."""
+    h = hashlib.sha256(str(sample["__key__"]).encode() + b"\0")
+    for name in sorted(k for k in sample if not k.startswith("__")):
+        v = sample[name]
+        h.update(name.encode() + b"\0" + hashlib.sha256(v if isinstance(v, bytes) else str(v).encode()).digest())
+    return h.hexdigest()
+
+
+def combine_content_digests(digests: list[str]) -> str:
+    """Content digest of a union of disjoint sample sets: the sum of their digests modulo
+    :data:`CONTENT_MODULUS` (an additive multiset hash, AdHash, Bellare & Micciancio 1997).
+    It depends on the samples only -- not on their order, split into shards or buckets."""
+    return format(sum(int(d, 16) for d in digests) % CONTENT_MODULUS, "064x")
+
+
 def encode_sample(pair: dict) -> dict[str, bytes | str]:
     """Encode one IVID pair as a webdataset sample dict (members -> bytes) with
     :data:`pipelines.sample_schema.IVID_PAIR` (``IVID_PAIR.encode``).
@@ -101,8 +124,8 @@ def encode_sample(pair: dict) -> dict[str, bytes | str]:
             JSON-able dict. numpy arrays/scalars inside the dicts become lists/numbers.
 
     Returns:
-        ``{"__key__": key, "target.png", "cond.png" (8-bit RGB), "target_depth.npy",
-        "cond_depth.npy" (uint16 [H,W] ``.npy``, read exactly by stock webdataset),
+        ``{"__key__": key, "target.png", "cond.png" (8-bit RGB), "target_depth.npy.gz",
+        "cond_depth.npy.gz" (uint16 [H,W] gzipped ``.npy``, read exactly by stock webdataset),
         "mask.png", "mask_rgb.png" (8-bit 0/255), "camera.json", "meta.json" (sorted keys,
         compact; ``meta`` + ``sample_key``), "pose.cls", "label.cls" (omitted when label is
         None)}`` as bytes; deterministic.
@@ -134,7 +157,8 @@ class _ShardSequence:
         self.stack = contextlib.ExitStack()
         tmp = self.stack.enter_context(atomic_path(self.out_dir / self.name))
         self.file = HashingFile(self.stack.enter_context(open(tmp, "wb")))
-        self.tar = wds.TarWriter(self.file, **TAR_HEADER)  # default encoder: str -> utf-8
+        # members are bytes from IVID_PAIR.encode; encoder=False: no second gzip of .gz members
+        self.tar = wds.TarWriter(self.file, encoder=False, **TAR_HEADER)
         self.count, self.members_bytes = 0, 0
 
     def write(self, sample: dict[str, bytes | str]) -> None:
@@ -172,7 +196,8 @@ def write_shards(pairs: Iterable[dict], out_dir: str | Path, *, fractions: dict[
                  extra: dict | None = None) -> dict:
     """Stream IVID pairs into per-split WebDataset shards and write the manifest.
 
-    Each pair (see :func:`encode_sample`) goes to ``split_of(pair["sample_key"])``; each
+    Each pair (see :func:`encode_sample`) goes to its ``split`` when it has one (a split the
+    user assigned wins; it must be one of ``fractions``), else to ``split_of(pair["sample_key"])``; each
     split is its own sequence ``{split}-{index:06d}.tar``. A shard is closed before the
     sample that would make it exceed ``maxcount`` samples or ``maxsize`` bytes of members
     (headers + padded data; the file adds <= 10 KiB of tar end padding); a single sample
@@ -209,6 +234,7 @@ def write_shards(pairs: Iterable[dict], out_dir: str | Path, *, fractions: dict[
     remove_stale_temporaries(out)
     seqs = {s: _ShardSequence(out, s, maxcount, maxsize) for s in sorted(fractions)}
     prev = None
+    content = 0
     try:
         for pair in pairs:
             key = pair["key"]
@@ -216,7 +242,9 @@ def write_shards(pairs: Iterable[dict], out_dir: str | Path, *, fractions: dict[
                 raise ValueError(f"pairs must arrive sorted by key without duplicates: "
                                  f"{key!r} after {prev!r}")
             prev = key
-            seqs[split_of(pair["sample_key"], fractions)].write(encode_sample(pair))
+            sample = encode_sample(pair)
+            content = (content + int(sample_digest(sample), 16)) % CONTENT_MODULUS
+            seqs[pair.get("split") or split_of(pair["sample_key"], fractions)].write(sample)
         for seq in seqs.values():
             seq.close()
     except BaseException:
@@ -237,6 +265,7 @@ def write_shards(pairs: Iterable[dict], out_dir: str | Path, *, fractions: dict[
         "shards": shards,
         "splits": split_totals(shards, seqs),
         "digest": manifest_digest(shards),
+        "content_digest": format(content, "064x"),
         "extra": dict(extra or {}),
     }
     write_json_atomic(out / MANIFEST_NAME, manifest)

@@ -1,6 +1,7 @@
 """Tests for pipelines.shards: determinism, splits, roll-over, verification, crash safety."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -66,10 +67,10 @@ def test_encode_sample_members_and_determinism():
     pair["label"] = None
     s = encode_sample(pair)
     assert s["__key__"] == pair["key"]
-    assert set(s) == {"__key__", "target.png", "target_depth.npy", "cond.png", "cond_depth.npy",
+    assert set(s) == {"__key__", "target.png", "target_depth.npy.gz", "cond.png", "cond_depth.npy.gz",
                       "mask.png", "mask_rgb.png", "camera.json", "meta.json", "pose.cls"}
     assert encode_sample(pair) == s
-    assert np.array_equal(np.load(io.BytesIO(s["target_depth.npy"])), pair["target_depth"])
+    assert np.array_equal(np.load(io.BytesIO(gzip.decompress(s["target_depth.npy.gz"]))), pair["target_depth"])
     assert Image.open(io.BytesIO(s["mask.png"])).mode == "L"
     assert "label.cls" in encode_sample({**pair, "label": 3})
     with pytest.raises(ValueError):
@@ -177,7 +178,7 @@ def test_stock_webdataset_reads_every_member_exactly(tmp_path):
             seen.add(s["__key__"])
             png = {k: np.asarray(Image.open(io.BytesIO(s[f"{k}.png"])))
                    for k in ("target", "cond", "mask", "mask_rgb")}
-            png.update({k: np.load(io.BytesIO(s[f"{k}.npy"])) for k in ("target_depth", "cond_depth")})
+            png.update({k: np.load(io.BytesIO(gzip.decompress(s[f"{k}.npy.gz"]))) for k in ("target_depth", "cond_depth")})
             for k in ("target", "cond", "target_depth", "cond_depth"):
                 assert png[k].dtype == p[k].dtype and np.array_equal(png[k], p[k]), k
             for k in ("mask", "mask_rgb"):
