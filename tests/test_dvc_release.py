@@ -72,6 +72,14 @@ def _key(i: int) -> str:
     return "%016x_00" % (0x9e3779b97f4a7c15 * (i + 1) % 2**64)
 
 
+def _readme_consumer_commands(repo_url: str) -> list[str]:
+    """The shell lines of the README's "For training teams" bash block, ``<repo-url>`` filled in."""
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text[text.index("### For training teams"):], re.S).group(1)
+    lines = [re.sub(r"\s+#.*$", "", ln).strip() for ln in block.splitlines()]
+    return [ln.replace("<repo-url>", shlex.quote(repo_url)) for ln in lines if ln and not ln.startswith("#")]
+
+
 def _sha_map(d: Path) -> dict[str, str]:
     """relative path -> sha256 of every file under ``d`` (layout-independent)."""
     return {p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -123,7 +131,7 @@ def test_release_then_get_import_update_from_a_fresh_directory(tmp_path, env):
     (prod / "dvc.yaml").write_text(DVC_YAML)
     (prod / "params.yaml").write_text("shards:\n  variant: 1\n  maxcount: 2\n")
     (prod / ".venv").symlink_to(REPO / ".venv")  # the stage runs `.venv/bin/python`, as the project's run `.venv/bin/dagster`
-    (prod / ".gitignore").write_text(".venv\n")
+    (prod / ".gitignore").write_text(".venv\ndata/\n")  # as the project's .gitignore
     _run(env, prod, _dvc(), "init", "-q")
     _run(env, prod, "git", "add", "-A")
     _run(env, prod, "git", "commit", "-q", "-m", "producer")
@@ -150,9 +158,10 @@ def test_release_then_get_import_update_from_a_fresh_directory(tmp_path, env):
 
     # consumer: the README's commands, verbatim, from a fresh directory
     cons.mkdir()
-    url = str(upstream)
-    _run(env, cons, "dvc", "get", url, "data/shards", "--rev", "v1", "-o", "shards-v1")
-    _run(env, cons, "dvc", "get", url, "data/shards", "--rev", "v2", "-o", "shards-v2")
+    get, *tracked, update = _readme_consumer_commands(str(upstream))
+    assert get.startswith("dvc get ") and "--rev v1" in get and update.startswith("dvc update --rev v2")
+    _run(env, cons, "bash", "-c", get)
+    _run(env, cons, "bash", "-c", get.replace("v1", "v2"))
     assert _sha_map(cons / "shards-v1") == v1
     assert _sha_map(cons / "shards-v2") == v2
     from pipelines.shard_manifest import verify
@@ -165,10 +174,10 @@ def test_release_then_get_import_update_from_a_fresh_directory(tmp_path, env):
 
     _run(env, cons, "git", "init", "-q")
     _run(env, cons, "dvc", "init", "-q")
-    _run(env, cons, "bash", "-c", f"mkdir -p data && dvc import {shlex.quote(url)} data/shards --rev v1 "
-                                  "-o data/shards")
+    for cmd in tracked:  # mkdir -p data; dvc import --rev v1; git add + commit
+        _run(env, cons, "bash", "-c", cmd)
     assert _sha_map(cons / "data" / "shards") == v1
-    _run(env, cons, "dvc", "update", "--rev", "v2", "data/shards.dvc")
+    _run(env, cons, "bash", "-c", update)
     assert _sha_map(cons / "data" / "shards") == v2
     assert "rev: v2" in (cons / "data" / "shards.dvc").read_text()
 
