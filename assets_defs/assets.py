@@ -1,81 +1,147 @@
-"""The asset graph. Each asset only reads config, calls a stage runner in
+"""The data assets. Each asset only reads config, hands its buckets to a stage runner in
 ``pipelines.stages`` and reports metadata; the algorithms live in ``pipelines``.
 
-source_images -> depth_maps -> warp_pairs ----------------+
-      |                                                   +-> training_shards
-      +--------> dinov2_features -> pose_clusters --------+
+source_listing -> source_images[b] -> depth_maps[b] -> warp_pairs[b] ---------------+
+                        |                                                            +-> training_shards[b] -> shard_manifest
+                        +----------> dinov2_features[b] -> pose_clusters ------------+
+
+``[b]``: partitioned by bucket (:mod:`pipelines.buckets`), ``BackfillPolicy.single_run()``:
+a backfill of a range is one run whose buckets fan out to the engine of
+``params['execution']`` (in-process or Ray). Each bucket gets its own materialization,
+metadata and data version; a failed bucket fails the run with its reason after the other
+buckets' results are stored (a retry of the range recomputes only what is missing).
+Deps, partitioning and pools come from :data:`pipelines.stages.specs.STAGES`.
 """
 
 import dagster as dg
 
-import pipelines.versions as V
-
-from assets_defs.metadata import to_result
+from assets_defs.metadata import emit_buckets, to_result
 from assets_defs.resources import (DepthConfig, FeaturesConfig, IngestConfig, PoseConfig, ShardsConfig,
-                                   ViewforgeSettings, WarpConfig)
+                                   ViewforgeSettings, WarpConfig, clean_failures)
+from assets_defs.versions import asset_code_version, bucket_partitions
+from pipelines.buckets import bucket_ids
+from pipelines.params_schema import effective_num_buckets
+from pipelines.stages.specs import STAGES
 
 GROUP = "data"
+OWNERS = ["team:data-engineering"]
+PARTITIONS = bucket_partitions()
+POLICY = dg.BackfillPolicy.single_run()
 
 
-@dg.asset(group_name=GROUP, code_version=V.IMAGES, kinds={"python", "parquet"},
-          description="Ingest the configured source (sample / folder / manifest): decode, EXIF-orient, RGB, "
-                      "centre-crop, LANCZOS resize; sha256 key; dedup; bad inputs quarantined with a reason.")
-def source_images(context: dg.AssetExecutionContext, config: IngestConfig,
-                  settings: ViewforgeSettings) -> dg.MaterializeResult:
-    from pipelines.stages.ingest import run_ingest
-
-    params = settings.params()
-    params["ingest"] = {"resolution": config.resolution, "min_size": config.min_size}
-    params["source"] = config.source.model_dump()
-    return to_result(run_ingest(settings.root(), params), context)
+def _deps(stage: str) -> list[str]:
+    return list(STAGES[stage].inputs)
 
 
-@dg.asset(group_name=GROUP, code_version=V.DEPTH, deps=[source_images], kinds={"pytorch", "parquet"},
-          description="Monocular relative disparity (transformers Depth Anything V2) and IVID z-depth.")
-def depth_maps(context: dg.AssetExecutionContext, config: DepthConfig,
-               settings: ViewforgeSettings) -> dg.MaterializeResult:
-    from pipelines.stages.depth import run_depth
-
-    return to_result(run_depth(settings.root(), settings.params("depth", config), device=settings.device), context)
-
-
-@dg.asset(group_name=GROUP, code_version=V.WARP, deps=[source_images, depth_maps], kinds={"pytorch", "parquet"},
-          description="IVID training pairs: novel camera sampled per (image, view), forward-backward warp, "
-                      "condition RGBD with masks; blur and texture-erosion augmentation.")
-def warp_pairs(context: dg.AssetExecutionContext, config: WarpConfig,
-               settings: ViewforgeSettings) -> dg.MaterializeResult:
-    from pipelines.stages.warp import run_warp
-
-    return to_result(run_warp(settings.root(), settings.params("warp", config), device=settings.device), context)
+def _common(stage: str, kinds: set[str], description: str) -> dict:
+    spec = STAGES[stage]
+    kw = dict(name=stage, group_name=GROUP, code_version=asset_code_version(stage), deps=_deps(stage),
+              kinds=kinds, description=description, owners=OWNERS,
+              tags={"bucketed": "true"} if spec.partitioned else {})
+    if spec.partitioned:
+        kw.update(partitions_def=PARTITIONS, backfill_policy=POLICY, output_required=False)
+    if spec.gpu:
+        kw["pool"] = "gpu"
+    return kw
 
 
-@dg.asset(group_name=GROUP, code_version=V.FEATURES, deps=[source_images], kinds={"pytorch", "parquet"},
-          description="DINOv2 (timm) L2-normalised patch tokens and CLS token, also of the mirrored image.")
-def dinov2_features(context: dg.AssetExecutionContext, config: FeaturesConfig,
-                    settings: ViewforgeSettings) -> dg.MaterializeResult:
-    from pipelines.stages.features import run_features
+def _run(context: dg.AssetExecutionContext, stage: str, settings: ViewforgeSettings, params: dict,
+         runner: str, resource: str | None = None):
+    from pipelines.stages.common import run_partitioned
 
-    return to_result(run_features(settings.root(), settings.params("features", config), device=settings.device),
-                     context)
+    buckets = list(context.partition_keys)
+    outcomes = run_partitioned(stage, str(settings.root()), params, buckets, runner=runner, resource=resource,
+                               device=settings.device,
+                               progress=lambda o: context.log.info(
+                                   f"{stage} bucket {o.bucket}: " + (f"FAILED {o.error}" if o.error else
+                                                                     f"computed {o.report.computed} reused "
+                                                                     f"{o.report.reused}")))
+    yield from emit_buckets(context, stage, outcomes, params, str(settings.root()))
 
 
-@dg.asset(group_name=GROUP, code_version=V.POSE, deps=[dinov2_features], kinds={"faiss", "parquet"},
-          description="MIRAGE pose clusters: DINOv2 part discovery, part visibility/location descriptors, "
-                      "FAISS k-means poses, mirror pairs, cyclic order, outliers.")
+@dg.asset(**_common("source_listing", {"python", "parquet"},
+                    "Ingest phase 1: list the source (sample / folder / manifest), sha256 every file, dedup by "
+                    "content key, bucket; unreadable files quarantined, non-image files skipped, with reasons."))
+def source_listing(context: dg.AssetExecutionContext, config: IngestConfig,
+                   settings: ViewforgeSettings) -> dg.MaterializeResult:
+    from pipelines.stages.ingest import run_listing
+
+    with clean_failures():
+        params = settings.params("ingest", config)
+        params["num_buckets"] = effective_num_buckets(params)
+        return to_result(run_listing(str(settings.root()), params), context)
+
+
+@dg.asset(**_common("source_images", {"python", "parquet"},
+                    "Ingest phase 2, per bucket: decode (first frame of multi-frame files), EXIF-orient, RGB, "
+                    "centre-crop, LANCZOS resize; bad images quarantined with a reason."))
+def source_images(context: dg.AssetExecutionContext, config: IngestConfig, settings: ViewforgeSettings):
+    with clean_failures():
+        yield from _run(context, "source_images", settings, settings.params("ingest", config),
+                        "pipelines.stages.ingest:run_images_bucket")
+
+
+@dg.asset(**_common("depth_maps", {"pytorch", "parquet"},
+                    "Monocular relative disparity (transformers Depth Anything V2) and IVID z-depth, per bucket."))
+def depth_maps(context: dg.AssetExecutionContext, config: DepthConfig, settings: ViewforgeSettings):
+    with clean_failures():
+        yield from _run(context, "depth_maps", settings, settings.params("depth", config),
+                        "pipelines.stages.depth:run_depth_bucket", "pipelines.stages.depth:load_resource")
+
+
+@dg.asset(**_common("warp_pairs", {"pytorch", "parquet"},
+                    "IVID training pairs: novel camera sampled per (image, view), forward-backward warp, "
+                    "condition RGBD with masks; blur and texture-erosion augmentation."))
+def warp_pairs(context: dg.AssetExecutionContext, config: WarpConfig, settings: ViewforgeSettings):
+    with clean_failures():
+        yield from _run(context, "warp_pairs", settings, settings.params("warp", config),
+                        "pipelines.stages.warp:run_warp_bucket")
+
+
+@dg.asset(**_common("dinov2_features", {"pytorch", "parquet"},
+                    "DINOv2 (timm) L2-normalised patch tokens and CLS token, also of the mirrored image."))
+def dinov2_features(context: dg.AssetExecutionContext, config: FeaturesConfig, settings: ViewforgeSettings):
+    with clean_failures():
+        yield from _run(context, "dinov2_features", settings, settings.params("features", config),
+                        "pipelines.stages.features:run_features_bucket", "pipelines.stages.features:load_resource")
+
+
+@dg.asset(**_common("pose_clusters", {"faiss", "parquet"},
+                    "MIRAGE pose clusters over all buckets: DINOv2 part discovery, part visibility/location "
+                    "descriptors, FAISS k-means poses, mirror pairs, cyclic order, outliers; labels per bucket."))
 def pose_clusters(context: dg.AssetExecutionContext, config: PoseConfig,
                   settings: ViewforgeSettings) -> dg.MaterializeResult:
     from pipelines.stages.pose import run_pose
 
-    return to_result(run_pose(settings.root(), settings.params("pose", config)), context)
+    with clean_failures():
+        params = settings.params("pose", config)
+        return to_result(run_pose(str(settings.root()), params, bucket_ids(effective_num_buckets(params))), context)
 
 
-@dg.asset(group_name=GROUP, code_version=V.SHARDS, deps=[warp_pairs, pose_clusters], kinds={"webdataset"},
-          description="Deterministic WebDataset tars of IVID pairs (split by sample-key hash) and a manifest.")
-def training_shards(context: dg.AssetExecutionContext, config: ShardsConfig,
-                    settings: ViewforgeSettings) -> dg.MaterializeResult:
-    from pipelines.stages.shards import run_shards
+@dg.asset(**_common("training_shards", {"webdataset"},
+                    "Per bucket: deterministic WebDataset tars of IVID pairs (user split, else split by sample-key "
+                    "hash) under shards/bucket=<b>/ with the bucket's manifest."))
+def training_shards(context: dg.AssetExecutionContext, config: ShardsConfig, settings: ViewforgeSettings):
+    with clean_failures():
+        yield from _run(context, "training_shards", settings, settings.params("shards", config),
+                        "pipelines.stages.shards:run_shards_bucket")
 
-    return to_result(run_shards(settings.root(), settings.params("shards", config)), context)
+
+@dg.asset(**_common("shard_manifest", {"webdataset", "json"},
+                    "Merge the bucket manifests into shards/manifest.json (per-shard sha256, counts, splits, "
+                    "content digest); refuses to publish a set that lost most of its samples."))
+def shard_manifest(context: dg.AssetExecutionContext, config: ShardsConfig,
+                   settings: ViewforgeSettings) -> dg.MaterializeResult:
+    from pipelines.stages.shards import ShrinkRefused, run_manifest
+
+    with clean_failures():
+        params = settings.params("shards", config)
+        try:
+            report = run_manifest(str(settings.root()), params, bucket_ids(effective_num_buckets(params)))
+        except ShrinkRefused as e:
+            raise dg.Failure(description=str(e), allow_retries=False) from e
+        return to_result(report, context)
 
 
-DATA_ASSETS = [source_images, depth_maps, warp_pairs, dinov2_features, pose_clusters, training_shards]
+DATA_ASSETS = [source_listing, source_images, depth_maps, warp_pairs, dinov2_features, pose_clusters,
+               training_shards, shard_manifest]

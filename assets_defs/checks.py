@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets_defs.assets import (depth_maps, dinov2_features, pose_clusters, source_images, training_shards,
+from assets_defs.assets import (depth_maps, dinov2_features, pose_clusters, shard_manifest, source_images,
                                 warp_pairs)
 from assets_defs.models import eval_reports, trained_models
 from assets_defs.resources import ViewforgeSettings
@@ -29,7 +29,7 @@ ASSET_CHECKS = [
                                                              "views_per_image pairs per image."),
     _make(dinov2_features, C.check_dinov2_features, "every_image_featurised", "Every accepted image has features."),
     _make(pose_clusters, C.check_pose_clusters, "every_image_labelled", "Every image has a pose in range."),
-    _make(training_shards, C.check_training_shards, "shards_verify_and_complete",
+    _make(shard_manifest, C.check_training_shards, "shards_verify_and_complete",
           "Manifest verifies (sha256, sizes, counts); every sample has every member."),
     _make(trained_models, C.check_trained_models, "models_loadable",
           "The latest run has a first-view and a novel-view model directory."),

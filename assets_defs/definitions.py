@@ -8,20 +8,37 @@ from assets_defs.checks import ASSET_CHECKS
 from assets_defs.models import MODEL_ASSETS
 from assets_defs.resources import ViewforgeSettings
 
-#: The main job: images -> WebDataset training shards.
+
+class NoStorageIOManager(dg.ConfigurableIOManager):
+    """Assets write their own files (stage caches, indexes, shards); step outputs carry
+    nothing. Unlike Dagster's default pickling IO manager this accepts an output that
+    spans a range of partitions (single-run backfills of bucketed assets)."""
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        return None
+
+    def load_input(self, context: dg.InputContext) -> None:
+        return None
+
+
+#: The main job: images -> WebDataset training shards, in one process (steps of one run share
+#: it; buckets fan out to the execution engine, so a process per step would only add start-up).
 shards_job = dg.define_asset_job(
     "build_training_shards", selection=dg.AssetSelection.assets(*DATA_ASSETS),
-    description="Materialize source_images -> depth_maps -> warp_pairs / dinov2_features -> pose_clusters "
-                "-> training_shards.")
+    executor_def=dg.in_process_executor,
+    description="Materialize source_listing -> source_images -> depth_maps -> warp_pairs / dinov2_features -> "
+                "pose_clusters -> training_shards -> shard_manifest.")
 
 #: Training and evaluation on the current shards (GPU pool ``gpu``).
 models_job = dg.define_asset_job(
     "train_and_evaluate", selection=dg.AssetSelection.assets(*MODEL_ASSETS),
+    executor_def=dg.in_process_executor,
     description="Materialize trained_models (Dagster Pipes subprocess) -> eval_reports.")
 
 defs = dg.Definitions(
     assets=[*DATA_ASSETS, *MODEL_ASSETS],
     asset_checks=ASSET_CHECKS,
     jobs=[shards_job, models_job],
-    resources={"settings": ViewforgeSettings()},
+    resources={"settings": ViewforgeSettings(), "io_manager": NoStorageIOManager()},
+    executor=dg.in_process_executor,
 )

@@ -9,7 +9,8 @@ import sys
 import dagster as dg
 
 import pipelines.versions as V
-from assets_defs.assets import training_shards
+from assets_defs.assets import shard_manifest
+from assets_defs.versions import asset_code_version
 from assets_defs.metadata import to_result
 from assets_defs.resources import ViewforgeSettings, section_config
 
@@ -21,7 +22,7 @@ TrainModelsConfig = section_config("train", "TrainModelsConfig")
 EvalConfig = section_config("eval", "EvalConfig")
 
 
-@dg.asset(group_name=GROUP, code_version=V.TRAIN, deps=[training_shards], pool="gpu", kinds={"pytorch"},
+@dg.asset(group_name=GROUP, code_version=asset_code_version("trained_models"), deps=[shard_manifest], pool="gpu", kinds={"pytorch"},
           description="IVID first-view (optionally MIRAGE pose-conditioned) and novel-view diffusion models, "
                       "trained on the current shards through Dagster Pipes (torchrun-compatible trainer).")
 def trained_models(context: dg.AssetExecutionContext, config: TrainModelsConfig,
@@ -49,7 +50,7 @@ def trained_models(context: dg.AssetExecutionContext, config: TrainModelsConfig,
     return dg.MaterializeResult(metadata={**metadata, **(result.metadata or {})}, data_version=result.data_version)
 
 
-@dg.asset(group_name=GROUP, code_version=V.EVAL, deps=[trained_models], pool="gpu", kinds={"pytorch"},
+@dg.asset(group_name=GROUP, code_version=asset_code_version("eval_reports"), deps=[trained_models], pool="gpu", kinds={"pytorch"},
           description="FID / KID / FD-DINOv2 generation, novel-view PSNR / SSIM / LPIPS (mask and holes) and the "
                       "IVID view sweep; Markdown + HTML report and DVC metrics.")
 def eval_reports(context: dg.AssetExecutionContext, config: EvalConfig,

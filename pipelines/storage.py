@@ -1,41 +1,122 @@
-"""Atomic files, per-sample stage caches and stage indexes (Parquet, pyarrow).
+"""Atomic files, per-bucket stage caches, stage indexes and locks (Parquet, ``pyarrow.fs``).
 
-Layout under the data root (see ``../shared/DESIGN.md``, Storage)::
+Layout under the data root (see ``../shared/DESIGN.md``, Storage and Scale)::
 
-    cache/<stage>/<version>/part-<hash>.parquet   per-sample results, one row per sample
-    <stage>/index.parquet                         the current materialization: its keys
-    <stage>/quarantine.parquet                    items the stage rejected, with a reason
+    cache/<stage>/<version>/bucket=<b>/part-<hash>.parquet   per-sample results of bucket b
+    cache/<stage>/<version>/bucket=<b>/_keys.parquet          key -> part map of that directory
+    <stage>/bucket=<b>/index.parquet                          bucket b's current materialization
+    <stage>/bucket=<b>/quarantine.parquet                     items bucket b rejected, with a reason
+    <stage>/index.parquet                                     unpartitioned stages
+    .locks/<stage>/bucket=<b>.lock                            writer lock (filelock)
 
-``version`` is :func:`pipelines.config.stage_version` (code version, parameters and
-upstream versions), so a cached row is reused only when all three match. Every file is
-written to a temporary name in the same directory and renamed into place, so a killed
-run never leaves a half-written file under a final name.
+``version`` is :func:`pipelines.config.stage_version` (code version, parameters and upstream
+versions), so a cached row is reused only when all three match. A bucket's reads touch its
+key map and the parts that hold the requested keys: O(1) files per chunk, whatever the size
+of the dataset. A bucket's index is written by that bucket's run alone.
+
+**File systems.** Every path may be a local path or a URI that ``pyarrow.fs`` understands
+(``s3://``, ``gs://``, ``hdfs://``, ``file://``) or, failing that, an fsspec protocol
+(``memory://``, ...) through ``pyarrow.fs.FSSpecHandler``. ``pathlib`` collapses ``s3://b`` to
+``s3:/b`` when callers join paths with ``/``; :func:`fs_path` restores the double slash.
+Local writes go to a temporary name in the same directory and are renamed into place
+(atomic); object stores publish an object only when its upload completes, so they are
+written in place. Final local files follow the process umask (0644 by default), not
+mkstemp's 0600.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipelines.buckets import ALL, ancestors, in_bucket
+
 INDEX_META_KEY = b"viewforge"
+_URI = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):/+(.*)$")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@functools.lru_cache(maxsize=None)
+def _fsspec(scheme: str):
+    import fsspec
+
+    f = fsspec.filesystem(scheme)
+    return f, pafs.PyFileSystem(pafs.FSSpecHandler(f))
+
+
+def fs_path(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """(``pyarrow.fs`` file system, path inside it) of a local path or a URI.
+
+    Local paths (and ``file://``) give a ``LocalFileSystem`` and an absolute path; other
+    schemes give ``pyarrow``'s native file system for it (``FileSystem.from_uri``: S3, GCS,
+    HDFS) or, for schemes pyarrow lacks, an fsspec file system wrapped in
+    ``pyarrow.fs.PyFileSystem(FSSpecHandler(...))``.
+    """
+    s = os.fspath(path)
+    m = _URI.match(s)
+    if not m or len(m.group(1)) == 1:            # plain path (or a Windows drive letter)
+        return pafs.LocalFileSystem(), os.path.abspath(s)
+    scheme, rest = m.group(1).lower(), m.group(2)
+    s = f"{scheme}://{rest}"
+    if scheme == "file":
+        return pafs.LocalFileSystem(), "/" + rest
+    if scheme not in ("memory",):
+        try:
+            return pafs.FileSystem.from_uri(s)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    f, fs = _fsspec(scheme)
+    return fs, f._strip_protocol(s)
+
+
+def is_local(path: str | os.PathLike) -> bool:
+    """True when ``path`` is on the local file system (locks and renames work there)."""
+    return isinstance(fs_path(path)[0], pafs.LocalFileSystem)
+
+
+def exists(path: str | os.PathLike) -> bool:
+    fs, p = fs_path(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def list_files(directory: str | os.PathLike, pattern: str = "*") -> list[str]:
+    """Base names of the files directly in ``directory`` matching a glob ``pattern``, sorted
+    ([] when the directory does not exist)."""
+    import fnmatch
+
+    fs, p = fs_path(directory)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.File
+                  and fnmatch.fnmatch(i.base_name, pattern))
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it onto ``path``.
+    """Yield a temporary *local* path next to ``path``; on success rename it onto ``path``.
 
     The temporary name starts with ``.`` and ends with ``.tmp`` so readers and globs of
     final names never see it. On an exception the temporary file is removed and the
-    exception propagates; ``path`` is left as it was.
+    exception propagates; ``path`` is left as it was. The final file gets the umask's mode.
+
+    Raises:
+        OSError: as raised by the write, with the final path named (e.g. disk full).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,20 +124,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, path)
+        except OSError as e:
+            raise OSError(e.errno, f"writing {path}: {e.strerror or e}") from e
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; returns the path."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    """Write ``data`` to ``path`` (local path or URI) atomically; returns the path."""
+    fs, p = fs_path(path)
+    if isinstance(fs, pafs.LocalFileSystem):
+        with atomic_path(p) as tmp:
+            tmp.write_bytes(data)
+    else:
+        fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(p) as f:
+            f.write(data)
     return Path(path)
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a file (local path or URI)."""
+    fs, p = fs_path(path)
+    with fs.open_input_stream(p) as f:
+        return f.read()
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
@@ -64,27 +162,42 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     return write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def _with_meta(table: pa.Table, metadata: dict[str, Any] | None) -> pa.Table:
+    if metadata is None:
+        return table
+    meta = dict(table.schema.metadata or {})
+    meta[INDEX_META_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode()
+    return table.replace_schema_metadata(meta)
+
+
 def write_parquet_atomic(path: str | os.PathLike, table: pa.Table,
                          metadata: dict[str, Any] | None = None) -> Path:
     """Write ``table`` as Parquet atomically, with optional JSON schema metadata."""
-    if metadata is not None:
-        meta = dict(table.schema.metadata or {})
-        meta[INDEX_META_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode()
-        table = table.replace_schema_metadata(meta)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-    return Path(path)
+    buf = io.BytesIO()
+    pq.write_table(_with_meta(table, metadata), buf, compression="zstd")
+    return write_bytes_atomic(path, buf.getvalue())
+
+
+def read_parquet(path: str | os.PathLike, columns: Sequence[str] | None = None, filters=None) -> pa.Table:
+    """Read a Parquet file (local path or URI)."""
+    fs, p = fs_path(path)
+    return pq.read_table(p, filesystem=fs, columns=list(columns) if columns else None, filters=filters)
 
 
 def read_parquet_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON metadata written by :func:`write_parquet_atomic` ({} when absent)."""
-    meta = pq.read_schema(path).metadata or {}
+    fs, p = fs_path(path)
+    meta = pq.read_schema(p, filesystem=fs).metadata or {}
     raw = meta.get(INDEX_META_KEY)
     return json.loads(raw) if raw else {}
 
 
 def remove_stale_temporaries(directory: str | os.PathLike) -> int:
-    """Delete ``.*.tmp`` files left by killed runs in ``directory``; returns the count."""
+    """Delete ``.*.tmp`` files left by killed runs in a local ``directory``; returns the count.
+
+    Call it only while holding the directory's writer lock (:func:`writer_lock`): another
+    writer's temporary file is never stale while that writer holds the lock.
+    """
     n = 0
     d = Path(directory)
     if d.is_dir():
@@ -94,37 +207,118 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> int:
     return n
 
 
+class LockedError(RuntimeError):
+    """Another run holds the writer lock of a (stage, bucket)."""
+
+
+@contextlib.contextmanager
+def writer_lock(root: str | os.PathLike, stage: str, bucket: str | None = None,
+                timeout: float = 0.0) -> Iterator[None]:
+    """Hold the writer lock of ``stage`` (and ``bucket``) under a local data root.
+
+    Uses ``filelock.FileLock`` on ``<root>/.locks/<stage>/bucket=<b>.lock``; a second run on
+    the same (stage, bucket) waits up to ``timeout`` seconds, then fails fast. Runs on
+    disjoint buckets never wait for each other. On an object-store root there is no file
+    lock: rely on Dagster's run concurrency limits (README, "Running at scale").
+
+    Raises:
+        LockedError: the lock is held by another process after ``timeout`` seconds.
+    """
+    if not is_local(root):
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    name = f"bucket={bucket}.lock" if bucket is not None else "stage.lock"
+    path = Path(fs_path(root)[1]) / ".locks" / stage / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        what = f"{stage} bucket {bucket}" if bucket is not None else stage
+        raise LockedError(f"{what} is being written by another run (lock {path}); wait for it to "
+                          "finish or stop it, then retry") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def bucket_dir(base: str | os.PathLike, bucket: str) -> str:
+    """``<base>/bucket=<b>`` (a string: ``base`` may be a URI)."""
+    return f"{os.fspath(base).rstrip('/')}/bucket={bucket}"
+
+
 class StageStore:
-    """Per-sample results of one stage version, stored as Parquet parts.
+    """Per-sample results of one stage version in one bucket, stored as Parquet parts.
 
     Args:
-        root: data root.
+        root: data root (local path or URI).
         stage: stage name (directory name).
         version: stage version id (:func:`pipelines.config.stage_version`).
+        bucket: bucket id (:mod:`pipelines.buckets`); ``'all'`` holds every key.
         key_column: column that identifies the sample a row belongs to. Several rows
             may share a key (e.g. one row per novel view); they are written together.
+
+    Reads also find results stored under the bucket's ancestors (``bucket=a`` for
+    ``bucket=a3``), so growing ``num_buckets`` recomputes nothing. Writes go to the
+    bucket's own directory; call :meth:`flush` at the end of a bucket run to record its
+    key map (a killed run's unrecorded parts are found again by listing).
     """
 
-    def __init__(self, root: str | os.PathLike, stage: str, version: str, key_column: str = "key"):
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike, stage: str, version: str, bucket: str = ALL,
+                 key_column: str = "key"):
+        self.root = root
         self.stage = stage
         self.version = version
+        self.bucket = bucket
         self.key_column = key_column
-        self.dir = self.root / "cache" / stage / version
+        self.base = f"{os.fspath(root).rstrip('/')}/cache/{stage}/{version}"
+        self.dir = bucket_dir(self.base, bucket)
+        self._where: dict[str, tuple[str, str]] | None = None   # key -> (dir, part name)
+        self._own: dict[str, str] = {}                          # key -> part, own dir
 
-    def _parts(self) -> list[Path]:
-        return sorted(self.dir.glob("part-*.parquet")) if self.dir.is_dir() else []
+    def dirs(self) -> list[str]:
+        """The directories searched: own bucket first, then its ancestors."""
+        return [self.dir] + [bucket_dir(self.base, a) for a in ancestors(self.bucket)]
+
+    def _scan_dir(self, d: str) -> dict[str, str]:
+        parts = list_files(d, "part-*.parquet")
+        out: dict[str, str] = {}
+        listed: set[str] = set()
+        if exists(f"{d}/_keys.parquet"):
+            t = read_parquet(f"{d}/_keys.parquet")
+            for k, p in zip(t.column("key").to_pylist(), t.column("part").to_pylist()):
+                if p in parts:
+                    out.setdefault(k, p)
+                    listed.add(p)
+        for p in parts:
+            if p not in listed:
+                for k in read_parquet(f"{d}/{p}", columns=[self.key_column]).column(0).to_pylist():
+                    out.setdefault(k, p)
+        return out
+
+    def _load(self) -> dict[str, tuple[str, str]]:
+        if self._where is None:
+            where: dict[str, tuple[str, str]] = {}
+            for i, d in enumerate(self.dirs()):
+                found = self._scan_dir(d)
+                if i == 0:
+                    self._own = dict(found)
+                for k, p in found.items():
+                    if in_bucket(k, self.bucket):
+                        where.setdefault(k, (d, p))
+            self._where = where
+        return self._where
 
     def keys(self) -> set[str]:
-        """Keys that have stored results (reads only the key column)."""
-        out: set[str] = set()
-        for p in self._parts():
-            out.update(pq.read_table(p, columns=[self.key_column]).column(0).to_pylist())
-        return out
+        """Keys of this bucket that have stored results."""
+        return set(self._load())
 
     def missing(self, keys: Sequence[str]) -> list[str]:
         """The subset of ``keys`` (in order, without duplicates) that has no stored result."""
-        have = self.keys()
+        have = self._load()
         seen: set[str] = set()
         out = []
         for k in keys:
@@ -133,86 +327,131 @@ class StageStore:
                 seen.add(k)
         return out
 
-    def write(self, table: pa.Table) -> Path | None:
+    def write(self, table: pa.Table) -> str | None:
         """Store ``table`` (must contain ``key_column``) as one new part, atomically.
 
         The part name is a hash of its keys, so rewriting the same chunk after a crash
         replaces the file instead of duplicating it. Returns the path (None if empty).
+
+        Raises:
+            ValueError: a key that does not belong to this bucket.
         """
         if table.num_rows == 0:
             return None
         keys = sorted(set(table.column(self.key_column).to_pylist()))
-        name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20]
-        self.dir.mkdir(parents=True, exist_ok=True)
-        return write_parquet_atomic(self.dir / f"part-{name}.parquet", table)
+        bad = [k for k in keys if not in_bucket(k, self.bucket)]
+        if bad:
+            raise ValueError(f"{self.stage}: key {bad[0]} does not belong to bucket {self.bucket}")
+        name = "part-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20] + ".parquet"
+        path = f"{self.dir}/{name}"
+        write_parquet_atomic(path, table)
+        where = self._load()
+        for k in keys:
+            where[k] = (self.dir, name)
+            self._own[k] = name
+        return path
+
+    def flush(self) -> None:
+        """Record the own directory's key -> part map (``_keys.parquet``), atomically."""
+        self._load()
+        if not self._own:
+            return
+        items = sorted(self._own.items())
+        write_parquet_atomic(f"{self.dir}/_keys.parquet",
+                             pa.table({"key": [k for k, _ in items], "part": [p for _, p in items]}))
 
     def read(self, keys: Sequence[str], columns: Sequence[str] | None = None) -> pa.Table:
         """Rows for ``keys``, grouped in the order of ``keys`` (rows of one key keep their
-        stored order). Each key is taken from one part only (the first that has it).
+        stored order). Reads only the parts that hold the keys.
 
         Raises:
             KeyError: a key has no stored result.
         """
         keys = list(keys)
-        parts = self._parts()
-        if not keys:
-            return pa.table({}) if not parts else ds.dataset(parts[:1]).schema.empty_table()
-        if columns is not None and self.key_column not in columns:
-            columns = [self.key_column, *columns]
-        dataset = ds.dataset([str(p) for p in parts], format="parquet")
-        tables = []
-        for frag in dataset.get_fragments():
-            t = frag.to_table(filter=pc.field(self.key_column).isin(keys), columns=columns)
-            if t.num_rows:
-                tables.append(t.append_column("__part", pa.array([frag.path] * t.num_rows)))
-        if not tables:
-            raise KeyError(f"{self.stage}: no stored result for {len(keys)} keys, e.g. {keys[0]}")
-        table = pa.concat_tables(tables)
-        col = table.column(self.key_column).to_pylist()
-        part = table.column("__part").to_pylist()
-        first_part: dict[str, str] = {}
-        for k, p in zip(col, part):
-            first_part.setdefault(k, p)
-        missing = [k for k in keys if k not in first_part]
+        where = self._load()
+        missing = [k for k in keys if k not in where]
         if missing:
             raise KeyError(f"{self.stage}: no stored result for {len(missing)} keys, e.g. {missing[0]}")
-        pos = {k: i for i, k in enumerate(keys)}
-        order = sorted((i for i in range(len(col)) if first_part[col[i]] == part[i]),
-                       key=lambda i: (pos[col[i]], i))
-        return table.take(pa.array(order, type=pa.int64())).drop_columns(["__part"])
+        if columns is not None and self.key_column not in columns:
+            columns = [self.key_column, *columns]
+        by_part: dict[tuple[str, str], list[str]] = {}
+        for k in dict.fromkeys(keys):
+            by_part.setdefault(where[k], []).append(k)
+        tables = []
+        for (d, p), ks in by_part.items():
+            t = read_parquet(f"{d}/{p}", columns=columns)
+            tables.append(t.filter(pc.is_in(t.column(self.key_column), value_set=pa.array(ks, pa.string()))))
+        if not tables:
+            return pa.table({})
+        table = pa.concat_tables(tables, promote_options="default")
+        pos = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        col = table.column(self.key_column).to_pylist()
+        order = sorted(range(len(col)), key=lambda i: (pos[col[i]], i))
+        return table.take(pa.array(order, type=pa.int64()))
 
 
-def write_index(root: str | os.PathLike, stage: str, table: pa.Table, info: dict[str, Any]) -> str:
-    """Write ``<root>/<stage>/index.parquet`` atomically and return its data version.
+def table_digest(table: pa.Table, salt: str = "") -> str:
+    """sha256 (hex) of ``salt`` and a table's contents (Arrow IPC stream of its columns,
+    chunking normalised), so equal tables give equal digests."""
+    h = hashlib.sha256(salt.encode())
+    sink = pa.BufferOutputStream()
+    t = table.replace_schema_metadata(None).combine_chunks()
+    with pa.ipc.new_stream(sink, t.schema) as w:
+        w.write_table(t)
+    h.update(sink.getvalue().to_pybytes())
+    return h.hexdigest()
 
-    ``info`` (stage version, code version, parameters, counts...) is stored in the
-    schema metadata. The data version is a sha256 over the stage version and the
-    table's rows, so equal outputs give equal versions (Dagster ``DataVersion``).
+
+def index_path(root: str | os.PathLike, stage: str, bucket: str | None = None, name: str = "index.parquet") -> str:
+    base = f"{os.fspath(root).rstrip('/')}/{stage}"
+    return f"{bucket_dir(base, bucket)}/{name}" if bucket is not None else f"{base}/{name}"
+
+
+def write_index(root: str | os.PathLike, stage: str, table: pa.Table, info: dict[str, Any],
+                bucket: str | None = None) -> str:
+    """Write a stage's (or one bucket's) index atomically and return its data version.
+
+    ``info`` (stage version, code version, parameters, counts...) is stored in the schema
+    metadata. The data version hashes the stage version and the table's contents, so
+    equal outputs give equal versions (Dagster ``DataVersion``, 24 hex digits).
     """
-    h = hashlib.sha256(str(info.get("version", "")).encode())
-    for batch in table.to_batches():
-        for col in batch.columns:
-            h.update(repr(col.to_pylist()).encode())
-    data_version = h.hexdigest()[:24]
+    data_version = table_digest(table, str(info.get("version", "")))[:24]
     info = {**info, "data_version": data_version}
-    write_parquet_atomic(Path(root) / stage / "index.parquet", table, metadata=info)
+    if bucket is not None:
+        info["bucket"] = bucket
+    write_parquet_atomic(index_path(root, stage, bucket), table, metadata=info)
     return data_version
 
 
-def read_index(root: str | os.PathLike, stage: str) -> tuple[pa.Table, dict[str, Any]]:
-    """Read a stage index and its info dict.
+def read_index(root: str | os.PathLike, stage: str, bucket: str | None = None
+               ) -> tuple[pa.Table, dict[str, Any]]:
+    """Read a stage index (of one bucket, or of an unpartitioned stage) and its info.
 
     Raises:
-        FileNotFoundError: the stage has not been materialized under this data root.
+        FileNotFoundError: not materialized under this data root.
     """
-    path = Path(root) / stage / "index.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: materialize the `{stage}` asset first")
-    return pq.read_table(path), read_parquet_metadata(path)
+    path = index_path(root, stage, bucket)
+    if not exists(path):
+        what = f"`{stage}` (bucket {bucket})" if bucket is not None else f"`{stage}`"
+        raise FileNotFoundError(f"{path} not found: materialize {what} first")
+    return read_parquet(path), read_parquet_metadata(path)
 
 
-def write_quarantine(root: str | os.PathLike, stage: str, rows: list[dict[str, str]]) -> Path:
-    """Write the stage's quarantine table (columns ``uri``, ``reason``) atomically."""
+QUARANTINE_SCHEMA = pa.schema([("uri", pa.string()), ("reason", pa.string())])
+
+
+def write_quarantine(root: str | os.PathLike, stage: str, rows: list[dict[str, str]],
+                     bucket: str | None = None, name: str = "quarantine.parquet") -> str:
+    """Write a stage's quarantine (or skipped) table (columns ``uri``, ``reason``) atomically."""
     table = pa.table({"uri": [r["uri"] for r in rows], "reason": [r["reason"] for r in rows]},
-                     schema=pa.schema([("uri", pa.string()), ("reason", pa.string())]))
-    return write_parquet_atomic(Path(root) / stage / "quarantine.parquet", table)
+                     schema=QUARANTINE_SCHEMA)
+    path = index_path(root, stage, bucket, name)
+    write_parquet_atomic(path, table)
+    return path
+
+
+def read_quarantine(root: str | os.PathLike, stage: str, bucket: str | None = None,
+                    name: str = "quarantine.parquet") -> pa.Table:
+    """A quarantine table ([] when absent)."""
+    path = index_path(root, stage, bucket, name)
+    return read_parquet(path) if exists(path) else QUARANTINE_SCHEMA.empty_table()

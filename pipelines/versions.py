@@ -4,7 +4,8 @@ Bump a stage's version when a change alters its results: its stored per-sample r
 stop matching (:func:`pipelines.config.stage_version`) and the stage, and everything
 downstream, recomputes. The Dagster assets use the same strings as ``code_version``.
 """
-IMAGES = "images-1"
+LISTING = "listing-1"
+IMAGES = "images-2"
 DEPTH = "depth-1"
 WARP = "warp-2"
 FEATURES = "features-1"

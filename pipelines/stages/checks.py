@@ -8,18 +8,45 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from pipelines.storage import read_index
+from pipelines.storage import read_index, read_quarantine
 
 Check = tuple[bool, dict[str, Any]]
 
 
+def materialized_buckets(root: Path) -> list[str]:
+    """The bucket ids of the current listing (``source_listing``)."""
+    return list(read_index(root, "source_listing")[1].get("buckets", []))
+
+
+def stage_table(root: Path, stage: str, name: str = "index") -> tuple["pa.Table", dict[str, Any]]:
+    """A stage's index (or quarantine, ``name="quarantine"``) over all buckets, concatenated
+    (buckets not materialized are skipped), and the info of its last bucket."""
+    import pyarrow as pa
+
+    from pipelines.stages.specs import STAGES
+
+    if not STAGES[stage].partitioned:
+        return read_index(root, stage)
+    tables, info = [], {}
+    for b in materialized_buckets(root):
+        try:
+            if name == "quarantine":
+                tables.append(read_quarantine(root, stage, b))
+            else:
+                t, info = read_index(root, stage, b)
+                tables.append(t)
+        except FileNotFoundError:
+            continue
+    return (pa.concat_tables(tables, promote_options="default") if tables else pa.table({"key": pa.array([], pa.string())}),
+            info)
+
+
 def check_source_images(root: Path) -> Check:
     """At least one image accepted, keys unique, every quarantine row has a reason."""
-    table, _ = read_index(root, "source_images")
+    table, _ = stage_table(root, "source_images")
     keys = table.column("key").to_pylist()
-    q = pq.read_table(Path(root) / "source_images" / "quarantine.parquet")
+    q, _ = stage_table(root, "source_images", "quarantine")
     no_reason = sum(1 for r in q.column("reason").to_pylist() if not r)
     return (len(keys) > 0 and len(set(keys)) == len(keys) and no_reason == 0,
             {"accepted": len(keys), "quarantined": q.num_rows, "quarantine_without_reason": no_reason})
@@ -27,8 +54,8 @@ def check_source_images(root: Path) -> Check:
 
 def check_depth_maps(root: Path) -> Check:
     """No NaN/inf disparity; z-depth within [near, 1/min_disparity]; every image has depth."""
-    table, info = read_index(root, "depth_maps")
-    src, _ = read_index(root, "source_images")
+    table, info = stage_table(root, "depth_maps")
+    src, _ = stage_table(root, "source_images")
     p = info["params"]
     nonfinite = int(np.sum(table.column("nonfinite").to_numpy())) if table.num_rows else 0
     lo = float(np.min(table.column("depth_min").to_numpy())) if table.num_rows else p["near"]
@@ -44,7 +71,7 @@ def check_warp_pairs(root: Path) -> Check:
 
     An empty mask can be legitimate (a sampled camera that sees none of the surface), so
     a few of them (< 5% of pairs) only warn (``severity: WARN``); more is an error."""
-    table, info = read_index(root, "warp_pairs")
+    table, info = stage_table(root, "warp_pairs")
     frac = table.column("mask_fraction").to_numpy() if table.num_rows else np.zeros(0)
     views = int(info["params"]["views_per_image"])
     counts = np.unique(np.asarray(table.column("sample_key").to_pylist()), return_counts=True)[1] \
@@ -60,16 +87,19 @@ def check_warp_pairs(root: Path) -> Check:
 
 def check_dinov2_features(root: Path) -> Check:
     """Every accepted image has features."""
-    table, _ = read_index(root, "dinov2_features")
-    src, _ = read_index(root, "source_images")
+    table, _ = stage_table(root, "dinov2_features")
+    src, _ = stage_table(root, "source_images")
     return table.num_rows == src.num_rows and table.num_rows > 0, {"with_features": table.num_rows,
                                                                    "images": src.num_rows}
 
 
 def check_pose_clusters(root: Path) -> Check:
     """Every featurised image has a pose label in [0, num_poses)."""
-    table, info = read_index(root, "pose_clusters")
-    feats, _ = read_index(root, "dinov2_features")
+    _, info = read_index(root, "pose_clusters")
+    import pyarrow as pa
+
+    table = pa.concat_tables([read_index(root, "pose_clusters", b)[0] for b in info.get("buckets", [])])
+    feats, _ = stage_table(root, "dinov2_features")
     labels = table.column("pose").to_numpy() if table.num_rows else np.zeros(0, int)
     k = int(info.get("num_poses_used", 0))
     bad = int(np.sum((labels < 0) | (labels >= k)))

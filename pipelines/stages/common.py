@@ -1,27 +1,35 @@
-"""Shared machinery of the stage runners: reports, stage parameters, incremental loops."""
+"""Shared machinery of the stage runners: reports, declared inputs, per-bucket execution.
+
+A partitioned stage is a function ``run_bucket(ctx: BucketContext) -> StageReport`` for one
+bucket. :func:`run_partitioned` hands each bucket its declared inputs
+(:data:`pipelines.stages.specs.STAGES`), holds the (stage, bucket) writer lock, and fans the
+buckets out with :func:`pipelines.engine.run_buckets` (in-process or Ray).
+"""
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 
 from pipelines.config import stage_version
-from pipelines.storage import StageStore, read_index
+from pipelines.engine import BucketJob, BucketOutcome, run_buckets
+from pipelines.stages.specs import STAGES
+from pipelines.storage import StageStore, read_index, remove_stale_temporaries, writer_lock, is_local, fs_path
 
 log = logging.getLogger("viewforge")
 
 #: keys of a section that change speed, never results; excluded from stage versions
-NON_RESULT_KEYS = ("batch_size", "workers", "num_threads")
+NON_RESULT_KEYS = ("batch_size", "workers", "num_threads", "torch_threads")
 
 
 @dataclass
 class StageReport:
-    """What a stage run did. ``metadata`` holds JSON-able numbers/strings for the asset's
-    materialization; ``previews`` PNG bytes by name (shown as Markdown in Dagster)."""
+    """What a stage run (or one bucket of it) did. ``metadata`` holds JSON-able numbers/strings
+    for the asset's materialization; ``previews`` PNG bytes by name."""
     stage: str
     version: str
     data_version: str = ""
@@ -32,6 +40,7 @@ class StageReport:
     metadata: dict[str, Any] = field(default_factory=dict)
     previews: dict[str, bytes] = field(default_factory=dict)
     failures: list[dict[str, str]] = field(default_factory=list)
+    bucket: str | None = None
 
     def summary(self) -> dict[str, Any]:
         return {"stage": self.stage, "version": self.version, "data_version": self.data_version,
@@ -46,16 +55,117 @@ def result_params(params: dict[str, Any], section: str, **extra: Any) -> dict[st
     return {**sec, **extra}
 
 
-def upstream(root: Path, stage: str) -> tuple[pa.Table, dict[str, Any]]:
-    """An upstream stage's index table and info (raises FileNotFoundError if missing)."""
-    return read_index(root, stage)
+@dataclass
+class BucketInput:
+    """One bucket of an upstream stage, as handed to a runner: its index table, the info
+    dict stored with it (version, params...) and its per-sample store."""
+    stage: str
+    bucket: str
+    table: pa.Table
+    info: dict[str, Any]
+    store: StageStore
+
+    @property
+    def version(self) -> str:
+        return self.info["version"]
+
+    @property
+    def keys(self) -> list[str]:
+        col = STAGES[self.stage].key_column
+        name = col if col in self.table.column_names else "key"
+        return list(dict.fromkeys(self.table.column(name).to_pylist())) if self.table.num_rows else []
 
 
-def make_store(root: Path, stage: str, code_version: str, params: dict[str, Any],
-               upstream_versions: dict[str, str], key_column: str = "key") -> StageStore:
-    """The :class:`StageStore` for this stage version."""
-    version = stage_version(stage, code_version, params, upstream_versions)
-    return StageStore(root, stage, version, key_column=key_column)
+def open_input(root: Any, stage: str, bucket: str) -> BucketInput:
+    """The materialized bucket ``bucket`` of ``stage``.
+
+    Raises:
+        FileNotFoundError: that bucket is not materialized (names the asset and bucket).
+    """
+    table, info = read_index(root, stage, bucket)
+    return BucketInput(stage, bucket, table, info,
+                       StageStore(root, stage, info.get("version", ""), bucket, STAGES[stage].key_column))
+
+
+@dataclass
+class BucketContext:
+    """Everything a bucket runner may use: ``inputs`` are its declared upstream buckets."""
+    root: Any
+    params: dict[str, Any]
+    bucket: str
+    inputs: dict[str, BucketInput]
+    resource: Callable[[], Any]
+    device: str | None = None
+
+    def store(self, stage: str, params: dict[str, Any], upstream: dict[str, str]) -> StageStore:
+        """This bucket's store of ``stage`` for the version of (code, params, upstream)."""
+        spec = STAGES[stage]
+        version = stage_version(stage, spec.code_version, params, upstream)
+        return StageStore(self.root, stage, version, self.bucket, spec.key_column)
+
+
+def _resolve(dotted: str) -> Callable:
+    mod, _, name = dotted.partition(":")
+    return getattr(importlib.import_module(mod), name)
+
+
+@dataclass
+class _BucketFn:
+    """Picklable per-bucket callable (Ray pickles module-level references)."""
+    stage: str
+    runner: str
+    root: Any
+    params: dict[str, Any]
+    device: str | None
+
+    def __call__(self, bucket: str, resource: Callable[[], Any]) -> StageReport:
+        spec = STAGES[self.stage]
+        inputs = {s: open_input(self.root, s, bucket) for s in spec.inputs}   # every input is stored per bucket
+        with writer_lock(self.root, self.stage, bucket, timeout=float(self.params.get("lock_timeout", 0))):
+            if is_local(self.root):
+                remove_stale_temporaries(fs_path(f"{self.root}/{self.stage}/bucket={bucket}")[1])
+            t0 = time.perf_counter()
+            report = _resolve(self.runner)(BucketContext(self.root, self.params, bucket, inputs, resource,
+                                                         self.device))
+            report.seconds = time.perf_counter() - t0
+            report.bucket = bucket
+        if report.failed and not report.computed and not report.reused:
+            raise BucketFailed(f"every item failed ({report.failed}), e.g. "
+                               f"{report.failures[0].get('reason', '?')}", report)
+        return report
+
+
+@dataclass
+class _Resource:
+    factory: str
+    params: dict[str, Any]
+    device: str | None
+
+    def __call__(self) -> Any:
+        return _resolve(self.factory)(self.params, self.device)
+
+
+class BucketFailed(RuntimeError):
+    """A bucket whose every item failed: the run must fail (its report is attached)."""
+
+    def __init__(self, message: str, report: StageReport):
+        super().__init__(message)
+        self.report = report
+
+
+def run_partitioned(stage: str, root: Any, params: dict[str, Any], buckets: Sequence[str], *,
+                    runner: str, resource: str | None = None, device: str | None = None,
+                    progress: Callable[[BucketOutcome], None] | None = None) -> list[BucketOutcome]:
+    """Run ``runner`` (``"module:function"`` taking a :class:`BucketContext`) on ``buckets``.
+
+    ``resource`` (``"module:function(params, device)"``) builds the shared model, loaded
+    lazily by the first bucket that needs it (a fully cached bucket never loads it).
+    Returns one :class:`pipelines.engine.BucketOutcome` per bucket, in bucket order; a
+    failed bucket has ``error`` set and never stops the others.
+    """
+    job = BucketJob(_BucketFn(stage, runner, root, params, device),
+                    _Resource(resource, params, device) if resource else None, gpu=STAGES[stage].gpu)
+    return run_buckets(job, buckets, params, progress)
 
 
 def chunked(seq: Sequence, n: int) -> Iterator[Sequence]:
@@ -73,7 +183,8 @@ def run_incremental(store: StageStore, keys: Sequence[str],
 
     ``compute(chunk_keys)`` returns ``(rows, failures)``; each failure is
     ``{"key", "reason"}`` and does not stop the run. A chunk that raises is recorded as a
-    failure of each of its keys, so one bad chunk never loses the others' results.
+    failure of each of its keys, so one bad chunk never loses the others' results. The
+    store's key map is flushed at the end.
 
     Returns:
         ``(computed, reused, failures)``.
@@ -83,20 +194,23 @@ def run_incremental(store: StageStore, keys: Sequence[str],
     computed = 0
     failures: list[dict[str, str]] = []
     done = 0
-    for chunk in chunked(todo, chunk_size):
-        try:
-            rows, bad = compute(list(chunk))
-        except Exception as e:  # noqa: BLE001 - recorded per key, run goes on
-            log.exception("%s: chunk of %d failed", store.stage, len(chunk))
-            bad = [{"key": k, "reason": f"{type(e).__name__}: {e}"} for k in chunk]
-            rows = None
-        if rows is not None and rows.num_rows:
-            store.write(rows)
-            computed += len(set(rows.column(store.key_column).to_pylist()))
-        failures.extend(bad)
-        done += len(chunk)
-        if progress:
-            progress(done, len(todo))
+    try:
+        for chunk in chunked(todo, chunk_size):
+            try:
+                rows, bad = compute(list(chunk))
+            except Exception as e:  # noqa: BLE001 - recorded per key, run goes on
+                log.exception("%s: chunk of %d failed", store.stage, len(chunk))
+                bad = [{"key": k, "reason": f"{type(e).__name__}: {e}"} for k in chunk]
+                rows = None
+            if rows is not None and rows.num_rows:
+                store.write(rows)
+                computed += len(set(rows.column(store.key_column).to_pylist()))
+            failures.extend(bad)
+            done += len(chunk)
+            if progress:
+                progress(done, len(todo))
+    finally:
+        store.flush()
     return computed, reused, failures
 
 

@@ -1,71 +1,70 @@
-"""Runner of the ``depth_maps`` stage (see :mod:`pipelines.depth`)."""
+"""Runner of the ``depth_maps`` stage, one bucket at a time (see :mod:`pipelines.depth`)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from pipelines.depth import DEPTH_SCHEMA, depth_rows, estimate_disparity, load_depth_model
-from pipelines.versions import DEPTH as CODE_VERSION
 from pipelines.depth_convention import decode_zbuffer
 from pipelines.images import decode_png, load_images
 from pipelines.previews import colorize, grid_png
-from pipelines.stages.common import StageReport, Timer, make_store, result_params, run_incremental
-from pipelines.stages.ingest import open_images
-from pipelines.storage import StageStore, read_index, write_index
+from pipelines.stages.common import BucketContext, StageReport, result_params, run_incremental
 
 STAGE = "depth_maps"
 
 
-def run_depth(root: Path, params: dict[str, Any], *, device: str | None = None) -> StageReport:
-    """Estimate depth for every ingested image that has no stored result for this
-    version (model, weights origin, near/far, upstream version)."""
-    keys, img_store, img_info = open_images(root)
+def load_resource(params: dict[str, Any], device: str | None):
+    """The depth model (``pipelines.models.Resolved``), built once per process or Ray actor."""
     p = params["depth"]
-    model = None
-    origin = None
-    with Timer() as t:
-        # resolve weights first: their origin is part of the stage version
-        model = load_depth_model(p.get("model"), p.get("local_dir"), profile=params.get("profile", "default"),
-                                 device=device)
-        origin = model.origin
-        rp = result_params(params, "depth", weights_origin=origin)
-        store = make_store(root, STAGE, CODE_VERSION, rp, {"source_images": img_info["version"]})
-
-        def compute(chunk):
-            imgs = load_images(img_store, chunk)
-            disp = estimate_disparity(model, imgs, batch_size=int(p.get("batch_size", 8)))
-            return depth_rows(chunk, disp, near=float(p["near"]), far=float(p["far"]),
-                              min_disparity=float(p["min_disparity"])), []
-
-        computed, reused, failures = run_incremental(store, keys, compute, int(params.get("chunk_size", 256)))
-        ok = [k for k in keys if k not in {f["key"] for f in failures}]
-        stats = store.read(ok, columns=["depth_min", "depth_max", "nonfinite"]) if ok else None
-        index = stats.select(["key", "depth_min", "depth_max", "nonfinite"]) if stats is not None else \
-            pa.table({"key": pa.array([], pa.string())})
-        info = {"stage": STAGE, "version": store.version, "code_version": CODE_VERSION, "params": rp,
-                "weights_origin": origin, "model": p.get("model"), "upstream": {"source_images": img_info["version"]}}
-        dv = write_index(root, STAGE, index, info)
-    previews = {}
-    if ok:
-        rows = store.read(ok[:6], columns=["depth_png"])
-        imgs = load_images(img_store, ok[:6])
-        zs = [decode_zbuffer(decode_png(b), p["near"], p["far"]) for b in rows.column("depth_png").to_pylist()]
-        previews["depth"] = grid_png([list(imgs), [colorize(1.0 / z) for z in zs]])
-    return StageReport(STAGE, store.version, dv, computed, reused, len(failures), t.seconds, previews=previews,
-                       failures=failures,
-                       metadata={"weights": origin, "model": p.get("model"), "samples": len(ok),
-                                 "images_per_s": round(computed / max(t.seconds, 1e-9), 3),
-                                 "depth_min": float(np.min(stats.column("depth_min"))) if ok else None,
-                                 "depth_max": float(np.max(stats.column("depth_max"))) if ok else None})
+    return load_depth_model(p.get("model"), p.get("local_dir"), profile=params.get("profile", "default"),
+                            device=device)
 
 
-def open_depth(root: Path) -> tuple[list[str], StageStore, dict[str, Any]]:
-    """Keys, store and info of the materialized ``depth_maps`` stage."""
-    table, info = read_index(root, STAGE)
-    return table.column("key").to_pylist(), StageStore(root, STAGE, info["version"]), info
+def run_depth_bucket(ctx: BucketContext) -> StageReport:
+    """Depth for the bucket's images that have no stored result for this version (model,
+    weights origin, near/far, upstream version). Writes ``depth_maps/bucket=<b>/index.parquet``
+    (key, depth_min, depth_max, nonfinite)."""
+    imgs = ctx.inputs["source_images"]
+    p = ctx.params["depth"]
+    model = ctx.resource()          # resolves the weights: their origin is part of the version
+    rp = result_params(ctx.params, "depth", weights_origin=model.origin)
+    store = ctx.store(STAGE, rp, {"source_images": imgs.version})
+    keys = imgs.keys
+
+    def compute(chunk):
+        disp = estimate_disparity(model, load_images(imgs.store, chunk), batch_size=int(p.get("batch_size", 8)))
+        return depth_rows(chunk, disp, near=float(p["near"]), far=float(p["far"]),
+                          min_disparity=float(p["min_disparity"])), []
+
+    computed, reused, failures = run_incremental(store, keys, compute, int(ctx.params.get("chunk_size", 256)))
+    bad = {f["key"] for f in failures}
+    ok = [k for k in keys if k not in bad]
+    index = (store.read(ok, columns=["depth_min", "depth_max", "nonfinite"]).select(
+        ["key", "depth_min", "depth_max", "nonfinite"]) if ok else
+        pa.table({"key": pa.array([], pa.string()), "depth_min": pa.array([], pa.float32()),
+                  "depth_max": pa.array([], pa.float32()), "nonfinite": pa.array([], pa.int32())}))
+    info = {"stage": STAGE, "version": store.version, "params": rp, "weights_origin": model.origin,
+            "model": p.get("model"), "upstream": {"source_images": imgs.version}}
+    from pipelines.storage import write_index
+
+    dv = write_index(ctx.root, STAGE, index, info, bucket=ctx.bucket)
+    return StageReport(STAGE, store.version, dv, computed, reused, len(failures), failures=failures,
+                       metadata={"weights": model.origin, "samples": len(ok),
+                                 "depth_min": float(np.min(index.column("depth_min"))) if ok else None,
+                                 "depth_max": float(np.max(index.column("depth_max"))) if ok else None})
 
 
-__all__ = ["run_depth", "open_depth", "DEPTH_SCHEMA"]
+def depth_previews(depth_inp, image_inp, params: dict[str, Any], n: int = 6) -> dict[str, bytes]:
+    """Images over their disparity (colormap normalised per image) for up to ``n`` samples."""
+    keys = depth_inp.keys[:n]
+    if not keys:
+        return {}
+    p = params["depth"]
+    rows = depth_inp.store.read(keys, columns=["depth_png"])
+    zs = [decode_zbuffer(decode_png(b), p["near"], p["far"]) for b in rows.column("depth_png").to_pylist()]
+    return {"depth": grid_png([list(load_images(image_inp.store, keys)), [colorize(1.0 / z) for z in zs]])}
+
+
+__all__ = ["run_depth_bucket", "load_resource", "DEPTH_SCHEMA"]

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipelines.stages.common import StageReport, Timer, make_store, result_params, run_incremental
-from pipelines.stages.ingest import images_float, open_images
-from pipelines.storage import StageStore, read_index, write_index
+from pipelines.stages.common import BucketContext, StageReport, result_params, run_incremental
+from pipelines.stages.ingest import images_float
+from pipelines.storage import StageStore, write_index
 from pipelines.versions import FEATURES as CODE_VERSION
 
 STAGE = "dinov2_features"
@@ -46,42 +46,45 @@ def decode_features(table: pa.Table) -> dict[str, np.ndarray | None]:
             "flipped_patch": arr("flipped_patch_f16", (h, w, c)), "flipped_cls": arr("flipped_cls_f16", (c,))}
 
 
-def run_features(root: Path, params: dict[str, Any], *, device: str | None = None) -> StageReport:
-    """DINOv2 features for every ingested image without a stored result for this version."""
-    from pipelines.features import extract_features, load_dinov2
+def load_resource(params: dict[str, Any], device: str | None):
+    """The DINOv2 model (``pipelines.models.Resolved``), built once per process or Ray actor."""
+    from pipelines.features import load_dinov2
 
-    keys, img_store, img_info = open_images(root)
     p = params["features"]
-    with Timer() as t:
-        model = load_dinov2(p["model"], p.get("local_path"), profile=params.get("profile", "default"),
-                            image_size=int(p["image_size"]), device=device)
-        rp = result_params(params, "features", weights_origin=model.origin)
-        store = make_store(root, STAGE, CODE_VERSION, rp, {"source_images": img_info["version"]})
-        extract_s = [0.0]
+    return load_dinov2(p["model"], p.get("local_path"), profile=params.get("profile", "default"),
+                       image_size=int(p["image_size"]), device=device)
 
-        def compute(chunk):
-            fb = extract_features(model.model, torch.from_numpy(images_float(img_store, chunk)),
-                                  batch_size=int(p.get("batch_size", 16)), flipped=bool(p.get("flipped", True)),
-                                  device=device)
-            extract_s[0] += fb.seconds
-            return feature_rows(chunk, fb), []
 
-        computed, reused, failures = run_incremental(store, keys, compute, int(params.get("chunk_size", 256)))
-        bad = {f["key"] for f in failures}
-        ok = [k for k in keys if k not in bad]
-        index = pa.table({"key": pa.array(ok, pa.string())})
-        info = {"stage": STAGE, "version": store.version, "code_version": CODE_VERSION, "params": rp,
-                "weights_origin": model.origin, "upstream": {"source_images": img_info["version"]}}
-        dv = write_index(root, STAGE, index, info)
-    return StageReport(STAGE, store.version, dv, computed, reused, len(failures), t.seconds, failures=failures,
-                       metadata={"weights": model.origin, "model": p["model"], "samples": len(ok),
+def run_features_bucket(ctx: BucketContext) -> StageReport:
+    """DINOv2 features for the bucket's images without a stored result for this version.
+    Writes ``dinov2_features/bucket=<b>/index.parquet`` (key)."""
+    from pipelines.features import extract_features
+
+    imgs = ctx.inputs["source_images"]
+    p = ctx.params["features"]
+    model = ctx.resource()
+    rp = result_params(ctx.params, "features", weights_origin=model.origin)
+    store = ctx.store(STAGE, rp, {"source_images": imgs.version})
+    keys = imgs.keys
+    extract_s = [0.0]
+
+    def compute(chunk):
+        fb = extract_features(model.model, torch.from_numpy(images_float(imgs.store, chunk)),
+                              batch_size=int(p.get("batch_size", 16)), flipped=bool(p.get("flipped", True)),
+                              device=ctx.device)
+        extract_s[0] += fb.seconds
+        return feature_rows(chunk, fb), []
+
+    computed, reused, failures = run_incremental(store, keys, compute, int(ctx.params.get("chunk_size", 256)))
+    bad = {f["key"] for f in failures}
+    ok = [k for k in keys if k not in bad]
+    index = pa.table({"key": pa.array(ok, pa.string())})
+    info = {"stage": STAGE, "version": store.version, "params": rp, "weights_origin": model.origin,
+            "upstream": {"source_images": imgs.version}}
+    dv = write_index(ctx.root, STAGE, index, info, bucket=ctx.bucket)
+    return StageReport(STAGE, store.version, dv, computed, reused, len(failures), failures=failures,
+                       metadata={"weights": model.origin, "samples": len(ok),
                                  "images_per_s": round(computed / extract_s[0], 2) if extract_s[0] else None})
-
-
-def open_features(root: Path) -> tuple[list[str], StageStore, dict[str, Any]]:
-    """Keys, store and info of the materialized ``dinov2_features`` stage."""
-    table, info = read_index(root, STAGE)
-    return table.column("key").to_pylist(), StageStore(root, STAGE, info["version"]), info
 
 
 def iter_feature_chunks(store: StageStore, keys: Sequence[str], chunk_size: int
