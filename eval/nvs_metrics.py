@@ -13,7 +13,8 @@ Images are float [N, 3, H, W] in [0, 1]; masks float [N, 1, H, W] in [0, 1] (sof
   (ViewDiff ``metrics/image_metrics.py``, Viewset Diffusion ``evaluation/metricator.py``);
   ``torchmetrics_gaussian`` -- ``torchmetrics.functional.structural_similarity_index_measure``
   with its defaults (Gaussian 11x11, sigma 1.5, ``data_range`` inferred per image pair as
-  ``max(range(pred), range(gt))``; SyncDreamer ``eval_nvs.py``).
+  ``max(range(pred), range(gt))``, mean over the *whole* image with reflect padding -- not
+  skimage's valid-interior mean; SyncDreamer ``eval_nvs.py``).
 * LPIPS: :func:`lpips_hook` (torchmetrics' LPIPS network, VGG by default as the three papers;
   backbone weights from a local path only). Without weights the metric is the explicit
   :data:`SKIPPED` marker with a reason, never a zero.
@@ -161,7 +162,8 @@ def summarize(values: torch.Tensor, higher_is_better: bool, best_of: Sequence[in
     for n in best_of:
         if n > v.shape[0] or n < 1:
             continue
-        w = v[:n].nan_to_num(nan=-math.inf if higher_is_better else math.inf)
+        w = v[:n]
+        w = torch.where(torch.isnan(w), torch.full_like(w, -math.inf if higher_is_better else math.inf), w)
         best = w.max(0).values if higher_is_better else w.min(0).values
         ok = torch.isfinite(best)
         out["best_of"][int(n)] = float(best[ok].mean()) if ok.any() else float("nan")
