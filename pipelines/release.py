@@ -239,7 +239,11 @@ def release(tag: str, remote: str | None = None, *, targets: Sequence[str] = DEF
     commit = r.git("rev-parse", f"{tag}^{{commit}}")
     pushed = None
     if git_remote and git_remote in r.git("remote").split():
-        r.git("push", "-q", git_remote, f"refs/tags/{tag}")
+        try:
+            r.git("push", "-q", git_remote, f"refs/tags/{tag}")
+        except ReleaseError as exn:
+            raise ReleaseError(f"{exn}\nThe data is pushed and tag {tag} exists locally: push the tag "
+                               f"with `git push {git_remote} {tag}` once the git remote accepts it") from None
         pushed = git_remote
         log(f"pushed tag {tag} ({commit[:12]}) to {git_remote} ({r.git('remote', 'get-url', git_remote)})")
     else:

@@ -6,7 +6,6 @@ changes made between v1 and v2. The shards are written by the project's writer
 (`pipelines.shards.write_shards`) from synthetic pairs in a one-stage DVC pipeline whose out
 is `data/shards`, like the project's `training_shards`; no ML stage runs."""
 import hashlib
-import json
 import os
 import re
 import shlex
@@ -112,13 +111,21 @@ def _run(env, cwd, *args):
     return proc.stdout
 
 
-def _make_release(env, cwd, tag, remote):
+def _make_release(env, cwd, tag, remote) -> subprocess.CompletedProcess:
     """Run the command line that `make release TAG=.. REMOTE=..` runs, inside ``cwd``."""
     dry = _run(env, REPO, "make", "-s", "-n", "release", f"TAG={tag}", f"REMOTE={remote}",
                f"PY={sys.executable}")
     line = next(ln for ln in dry.splitlines() if "-m pipelines.release" in ln)
-    assert f'--tag "{tag}"' in line and f'--remote "{remote}"' in line
-    return _run(env, cwd, "bash", "-c", line)
+    assert f'--tag "{tag}"' in line and (f'--remote "{remote}"' in line) == bool(remote)
+    return subprocess.run(["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def _init_producer(env, prod: Path) -> None:
+    """git + DVC repository with the project's shipped .dvc/config (no remote, autostage)."""
+    _run(env, prod, _dvc(), "init", "-q")
+    shutil.copy(REPO / ".dvc" / "config", prod / ".dvc" / "config")
+    _run(env, prod, "git", "add", "-A")
+    _run(env, prod, "git", "commit", "-q", "-m", "producer")
 
 
 @needs_dvc
@@ -132,17 +139,17 @@ def test_release_then_get_import_update_from_a_fresh_directory(tmp_path, env):
     (prod / "params.yaml").write_text("shards:\n  variant: 1\n  maxcount: 2\n")
     (prod / ".venv").symlink_to(REPO / ".venv")  # the stage runs `.venv/bin/python`, as the project's run `.venv/bin/dagster`
     (prod / ".gitignore").write_text(".venv\ndata/\n")  # as the project's .gitignore
-    _run(env, prod, _dvc(), "init", "-q")
-    _run(env, prod, "git", "add", "-A")
-    _run(env, prod, "git", "commit", "-q", "-m", "producer")
+    _init_producer(env, prod)
 
-    log1 = _make_release(env, prod, "v1", remote)
+    rel1 = _make_release(env, prod, "v1", remote)
+    assert rel1.returncode == 0, rel1.stdout + rel1.stderr
     v1 = _sha_map(prod / "data" / "shards")
     (prod / "params.yaml").write_text("shards:\n  variant: 2\n  maxcount: 2\n")
     with pytest.raises(ReleaseError, match="modified tracked files.*params.yaml"):
         release("v2", str(remote), repo=prod, dvc=_dvc(), log=lambda *_: None)
     _run(env, prod, "git", "commit", "-q", "-am", "variant 2")
-    _make_release(env, prod, "v2", remote)
+    rel2 = _make_release(env, prod, "v2", "")  # later releases reuse the committed remote
+    assert rel2.returncode == 0, rel2.stdout + rel2.stderr
     v2 = _sha_map(prod / "data" / "shards")
 
     # what was released: tags in the upstream, dvc.lock committed without machine paths,
@@ -152,7 +159,7 @@ def test_release_then_get_import_update_from_a_fresh_directory(tmp_path, env):
         lock = _run(env, upstream, "git", "show", f"{tag}:dvc.lock")
         assert "data/shards" in lock and str(tmp_path) not in lock and not re.search(r"\s/\w", lock)
         assert f"url = {remote}" in _run(env, upstream, "git", "show", f"{tag}:.dvc/config")
-    assert "warning" not in log1
+    assert "warning" not in rel1.stdout
     assert any(p.is_file() for p in remote.rglob("*"))
     assert "manifest.json" in v1 and "manifest.json" in v2 and v1 != v2
 
@@ -186,11 +193,11 @@ def test_release_then_get_import_update_from_a_fresh_directory(tmp_path, env):
 @pytest.mark.timeout(120)
 def test_release_refuses_without_an_absolute_remote(tmp_path, env):
     _run(env, tmp_path, "git", "init", "-q")
-    _run(env, tmp_path, _dvc(), "init", "-q")
-    _run(env, tmp_path, "git", "commit", "-q", "-m", "init")
+    _init_producer(env, tmp_path)
+    refused = _make_release(env, tmp_path, "v1", "")  # the project as shipped has no remote
+    assert refused.returncode == 2
+    assert "no DVC remote configured" in refused.stderr and "REMOTE=" in refused.stderr
     quiet = dict(repo=tmp_path, dvc=_dvc(), log=lambda *_: None)
-    with pytest.raises(ReleaseError, match="no DVC remote configured.*REMOTE="):
-        release("v1", None, **quiet)
     with pytest.raises(ReleaseError, match="not absolute"):
         release("v1", "../dvc-remote", **quiet)
     with pytest.raises(ReleaseError, match="no DVC remote named 'nosuch'"):
