@@ -13,7 +13,7 @@ DVC := $(DVC_VENV)/bin/dvc
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check uv
-	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev]'
+	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev,distributed]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -110,11 +110,9 @@ class WarpParams(_Section):
     blur_kernel: int = F(3, "Gaussian blur kernel side (odd)", ge=1)
     erode_sizes: list[int] = F(lambda: [1, 3, 5, 7, 9], "texture-erosion kernel sides, one drawn per pair (odd)",
                                min_length=1)
-    padding: float = F(2.0, "forward-pass mesh padding in pixels (IVID pads by the image width: slower, "
-                       "same result inside)", ge=0)
+    padding: Optional[float] = F(None, "forward-pass mesh padding in pixels; null = the image size, as IVID "
+                                 "(2 px differs on ~0.02% of mask pixels at large pitch; no measurable cost)", ge=0)
     batch_size: int = F(16, "pairs warped at once per process", results=False, ge=1)
-    workers: Optional[int] = F(None, "CPU warp processes (one thread each); null = auto (one per core once >= "
-                               "512 pairs are pending)", results=False, ge=1)
 
     @field_validator("blur_kernel")
     @classmethod
@@ -180,6 +178,47 @@ class ShardsParams(_Section):
         if any(f < 0 for f in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6:
             raise ValueError(f"fractions must be >= 0 and sum to 1 (they sum to {sum(v.values()):g})")
         return v
+
+
+class ViewsetSourceParams(_Section):
+    """``viewset_source``: which posed multi-view sequences to ingest (issue 14,
+    :mod:`pipelines.viewsets`)."""
+    root: Optional[str] = F(None, "source root: CO3D root, SyncDreamer training_examples or GSO folder, SRN split "
+                            "dir, a folder of transforms.json / COLMAP workspaces; null = no viewsets")
+    format: str = F("co3d", "reader: co3d | transforms_json | colmap | syncdreamer | srn (pipelines/viewsets/formats)")
+    options: dict[str, Any] = F(dict, "format-specific list_sequences / load_viewset options (e.g. load_depth: false)")
+    categories: Optional[list[str]] = F(None, "CO3D categories (null = all)")
+    subset: Optional[str] = F(None, "CO3D set list (e.g. fewview_dev): its frames and splits; null = every frame")
+    min_views: int = F(2, "sequences with fewer valid views are quarantined", ge=1)
+
+
+class ViewsetsParams(_Section):
+    """``viewsets``: object crop, resize and canonical frame of each sequence."""
+    crop_context: float = F(0.3, "crop = mask bbox grown by this fraction (PyTorch3D box_crop_context)", ge=0)
+    crop_threshold: float = F(0.4, "alpha threshold of the mask bbox (PyTorch3D box_crop_mask_thr)", ge=0, le=1)
+    crop_square: bool = F(False, "square crops (side = the larger bbox side, clamped to the image)")
+    min_short_side: int = F(512, "stored views: crop short side brought down to this (smaller crops kept)", ge=8)
+    bbox_percentile: float = F(0.0, "robust object AABB: trim this percentage per axis and end", ge=0, lt=50)
+    chunk_sequences: int = F(4, "sequences per cache chunk (bounds peak memory)", results=False, ge=1)
+
+
+class ViewsetShardsParams(_Section):
+    """``viewset_shards``: viewset WebDataset tars and their manifest."""
+    split_fractions: dict[str, float] = F(lambda: {"train": 0.9, "val": 0.05, "test": 0.05},
+                                          "hash split of sequences without a source split; names [A-Za-z0-9_]+")
+    use_source_splits: bool = F(True, "a sequence's set-list / directory split (CO3D subset, SRN cars_<split>) "
+                                "wins over the hash split when it names one of split_fractions")
+    maxcount: int = F(100, "sequences per shard at most", ge=1)
+    maxsize: int = F(1_000_000_000, "bytes per shard at most", ge=1)
+    min_kept_fraction: float = F(0.5, "refuse to publish a set keeping less than this fraction of the current "
+                                 "manifest's sequences unless allow_shrink", results=False, ge=0, le=1)
+    allow_shrink: bool = F(False, "publish even when the set shrank more than min_kept_fraction allows",
+                           results=False)
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions(cls, v: dict[str, float]) -> dict[str, float]:
+        return ShardsParams._fractions(v)     # the same rule as shards.split_fractions
 
 
 class _Small(_Section):
@@ -276,6 +315,9 @@ class ViewforgeParams(_Section):
     features: FeaturesParams = F(FeaturesParams, "DINOv2 features")
     pose: PoseParams = F(PoseParams, "pose clustering")
     shards: ShardsParams = F(ShardsParams, "WebDataset shards")
+    viewset_source: ViewsetSourceParams = F(ViewsetSourceParams, "posed multi-view sources")
+    viewsets: ViewsetsParams = F(ViewsetsParams, "viewset crop and canonical frame")
+    viewset_shards: ViewsetShardsParams = F(ViewsetShardsParams, "viewset WebDataset shards")
     eval: EvalParams = F(EvalParams, "evaluation")
     train: TrainParams = F(TrainParams, "training")
     execution: ExecutionParams = F(ExecutionParams, "execution engine (speed only)", results=False)
@@ -290,8 +332,12 @@ class ViewforgeParams(_Section):
     @field_validator("num_buckets")
     @classmethod
     def _buckets(cls, v: int) -> int:
-        if v not in (16, 256, 4096, 65536):
-            raise ValueError("must be a power of 16 (16, 256, 4096 or 65536)")
+        from pipelines.buckets import bucket_digits
+
+        try:
+            bucket_digits(v)
+        except ValueError:
+            raise ValueError("must be a power of 16 (1, 16, 256, 4096 or 65536)") from None
         return v
 
 

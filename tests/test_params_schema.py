@@ -105,7 +105,7 @@ def test_code_version_hashes_result_params_only():
     v0 = cv(base)
     assert re.fullmatch(r"warp-2\+p[0-9a-f]{8}", v0)
     assert cv({}) == v0                                             # defaulted == written
-    for speed in ({"warp": {"batch_size": 3}}, {"warp": {"workers": 2}}, {"chunk_size": 7},
+    for speed in ({"warp": {"batch_size": 3}}, {"chunk_size": 7},
                   {"execution": {"engine": "ray"}}, {"depth": {"batch_size": 1}}):
         assert cv(S.validate_params({**base, **speed})) == v0, speed
     assert cv({"warp": {"blur_p": 0.5}}) != v0

@@ -61,3 +61,99 @@ def test_index_data_version_is_content_hash(tmp_path):
     v3 = write_index(tmp_path, "s", pa.table({"key": ["a", "c"]}), {"version": "1"})
     assert v1 == v2 != v3
     assert read_index(tmp_path, "s")[1]["data_version"] == v3
+
+
+def test_bucket_store_reads_touch_only_the_parts_holding_the_keys(tmp_path, monkeypatch):
+    """A chunk read opens the key map once and then only the parts that hold its keys,
+    however many parts the bucket has (O(1) files per chunk)."""
+    import pipelines.storage as S
+
+    s = StageStore(tmp_path, "st", "v", bucket="a")
+    for i in range(40):
+        s.write(pa.table({"key": [f"a{i:03d}x", f"a{i:03d}y"], "v": [i, i]}))
+    s.flush()
+    opened = []
+    real = S.read_parquet
+    monkeypatch.setattr(S, "read_parquet", lambda path, *a, **k: opened.append(str(path)) or real(path, *a, **k))
+    fresh = StageStore(tmp_path, "st", "v", bucket="a")
+    t = fresh.read(["a007y", "a007x", "a031x"])
+    assert t.column("v").to_pylist() == [7, 7, 31]
+    parts = [p for p in opened if "part-" in p]
+    assert len(parts) == 2 and sum("_keys.parquet" in p for p in opened) == 1
+    with pytest.raises(ValueError, match="does not belong to bucket"):
+        fresh.write(pa.table({"key": ["b1"], "v": [0]}))
+
+
+def test_unflushed_parts_are_found_again(tmp_path):
+    """A run killed before ``flush`` leaves parts the key map does not list; they are found by listing."""
+    s = StageStore(tmp_path, "st", "v", bucket="a")
+    s.write(pa.table({"key": ["a1"], "v": [1]}))
+    s.flush()
+    s.write(pa.table({"key": ["a2"], "v": [2]}))      # no flush: "killed"
+    assert StageStore(tmp_path, "st", "v", bucket="a").keys() == {"a1", "a2"}
+
+
+def test_growing_num_buckets_reuses_results_of_the_ancestor_bucket(tmp_path):
+    coarse = StageStore(tmp_path, "st", "v", bucket="a")
+    coarse.write(pa.table({"key": ["a1x", "a2x", "a1y"], "v": [1, 2, 3]}))
+    coarse.flush()
+    fine = StageStore(tmp_path, "st", "v", bucket="a1")
+    assert fine.keys() == {"a1x", "a1y"} and fine.missing(["a1x", "a1z"]) == ["a1z"]
+    assert fine.read(["a1y"]).column("v").to_pylist() == [3]
+
+
+def test_store_and_index_on_an_fsspec_memory_filesystem():
+    """The data root may be any pyarrow.fs / fsspec URI (here fsspec's in-memory file system)."""
+    root = "memory://viewforge-test/root"
+    s = StageStore(root, "st", "v", bucket="a")
+    s.write(pa.table({"key": ["a1", "a2"], "v": [1, 2]}))
+    s.flush()
+    assert StageStore(root, "st", "v", bucket="a").read(["a2"]).column("v").to_pylist() == [2]
+    dv = write_index(root, "st", pa.table({"key": ["a1"]}), {"version": "v"}, bucket="a")
+    assert read_index(root, "st", "a")[1]["data_version"] == dv
+
+
+def test_files_follow_the_umask_and_errors_name_the_path(tmp_path):
+    from pipelines.storage import write_bytes_atomic
+
+    old = os.umask(0o022)
+    try:
+        p = write_bytes_atomic(tmp_path / "f.bin", b"x")
+        assert (os.stat(p).st_mode & 0o777) == 0o644
+    finally:
+        os.umask(old)
+    with pytest.raises(OSError, match="f.bin"):
+        with atomic_path(tmp_path / "f.bin") as tmp:
+            raise OSError(28, "No space left on device")
+
+
+def _lock_in_child(root, bucket, q):
+    from pipelines.storage import LockedError, writer_lock
+
+    try:
+        with writer_lock(root, "st", bucket):
+            q.put("acquired")
+    except LockedError as e:
+        q.put(str(e))
+
+
+def _child_tries(root, bucket):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_lock_in_child, args=(str(root), bucket, q))
+    p.start()
+    p.join(120)
+    return q.get(timeout=5)
+
+
+def test_writer_lock_fails_fast_for_a_second_writer_of_the_same_bucket(tmp_path):
+    """Two runs on one (stage, bucket) never interleave: the second fails fast with a clear
+    message; a run on another bucket is not blocked; after release the bucket is free."""
+    from pipelines.storage import writer_lock
+
+    with writer_lock(tmp_path, "st", "a"):
+        assert "st bucket a is being written by another run" in _child_tries(tmp_path, "a")
+        assert _child_tries(tmp_path, "b") == "acquired"
+    assert _child_tries(tmp_path, "a") == "acquired"

@@ -16,14 +16,14 @@ from typing import Any, Callable, Iterator, Sequence
 import pyarrow as pa
 
 from pipelines.config import stage_version
+from pipelines.params_schema import result_params  # noqa: F401 (the one home; re-exported)
 from pipelines.engine import BucketJob, BucketOutcome, run_buckets
 from pipelines.stages.specs import STAGES
-from pipelines.storage import StageStore, read_index, remove_stale_temporaries, writer_lock, is_local, fs_path
+from pipelines.storage import (StageStore, fs_path, is_local, read_index, remove_stale_temporaries, write_index,
+                               write_quarantine, writer_lock)
 
 log = logging.getLogger("viewforge")
 
-#: keys of a section that change speed, never results; excluded from stage versions
-NON_RESULT_KEYS = ("batch_size", "workers", "num_threads", "torch_threads")
 
 
 @dataclass
@@ -46,13 +46,6 @@ class StageReport:
         return {"stage": self.stage, "version": self.version, "data_version": self.data_version,
                 "computed": self.computed, "reused": self.reused, "failed": self.failed,
                 "seconds": round(self.seconds, 3), **self.metadata}
-
-
-def result_params(params: dict[str, Any], section: str, **extra: Any) -> dict[str, Any]:
-    """The parameters of ``section`` that determine results (speed-only keys dropped),
-    merged with ``extra`` (e.g. the global seed, the weights origin)."""
-    sec = {k: v for k, v in (params.get(section) or {}).items() if k not in NON_RESULT_KEYS}
-    return {**sec, **extra}
 
 
 @dataclass
@@ -96,6 +89,16 @@ class BucketContext:
     inputs: dict[str, BucketInput]
     resource: Callable[[], Any]
     device: str | None = None
+    pending: list = field(default_factory=list)
+
+    def publish(self, stage: str, table: pa.Table, info: dict[str, Any], quarantine: list | None = None) -> str:
+        """Queue this bucket's index (and quarantine rows) of ``stage``; returns its data
+        version. The framework writes them only if the bucket succeeds, so a bucket whose
+        every item failed never replaces the last good index with an empty one."""
+        from pipelines.storage import table_digest
+
+        self.pending.append((stage, table, info, quarantine))
+        return table_digest(table, str(info.get("version", "")))[:24]
 
     def store(self, stage: str, params: dict[str, Any], upstream: dict[str, str]) -> StageStore:
         """This bucket's store of ``stage`` for the version of (code, params, upstream)."""
@@ -125,13 +128,17 @@ class _BucketFn:
             if is_local(self.root):
                 remove_stale_temporaries(fs_path(f"{self.root}/{self.stage}/bucket={bucket}")[1])
             t0 = time.perf_counter()
-            report = _resolve(self.runner)(BucketContext(self.root, self.params, bucket, inputs, resource,
-                                                         self.device))
+            ctx = BucketContext(self.root, self.params, bucket, inputs, resource, self.device)
+            report = _resolve(self.runner)(ctx)
             report.seconds = time.perf_counter() - t0
             report.bucket = bucket
-        if report.failed and not report.computed and not report.reused:
-            raise BucketFailed(f"every item failed ({report.failed}), e.g. "
-                               f"{report.failures[0].get('reason', '?')}", report)
+            if report.failed and not report.computed and not report.reused:
+                raise BucketFailed(f"every item failed ({report.failed}), e.g. "
+                                   f"{report.failures[0].get('reason', '?')}", report)
+            for stage, table, info, quarantine in ctx.pending:
+                write_index(self.root, stage, table, info, bucket=bucket)
+                if quarantine is not None:
+                    write_quarantine(self.root, stage, quarantine, bucket=bucket)
         return report
 
 

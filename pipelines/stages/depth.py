@@ -47,9 +47,7 @@ def run_depth_bucket(ctx: BucketContext) -> StageReport:
                   "depth_max": pa.array([], pa.float32()), "nonfinite": pa.array([], pa.int32())}))
     info = {"stage": STAGE, "version": store.version, "params": rp, "weights_origin": model.origin,
             "model": p.get("model"), "upstream": {"source_images": imgs.version}}
-    from pipelines.storage import write_index
-
-    dv = write_index(ctx.root, STAGE, index, info, bucket=ctx.bucket)
+    dv = ctx.publish(STAGE, index, info)
     return StageReport(STAGE, store.version, dv, computed, reused, len(failures), failures=failures,
                        metadata={"weights": model.origin, "samples": len(ok),
                                  "depth_min": float(np.min(index.column("depth_min"))) if ok else None,

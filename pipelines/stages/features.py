@@ -81,7 +81,7 @@ def run_features_bucket(ctx: BucketContext) -> StageReport:
     index = pa.table({"key": pa.array(ok, pa.string())})
     info = {"stage": STAGE, "version": store.version, "params": rp, "weights_origin": model.origin,
             "upstream": {"source_images": imgs.version}}
-    dv = write_index(ctx.root, STAGE, index, info, bucket=ctx.bucket)
+    dv = ctx.publish(STAGE, index, info)
     return StageReport(STAGE, store.version, dv, computed, reused, len(failures), failures=failures,
                        metadata={"weights": model.origin, "samples": len(ok),
                                  "images_per_s": round(computed / extract_s[0], 2) if extract_s[0] else None})

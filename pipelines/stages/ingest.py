@@ -140,8 +140,7 @@ def run_images_bucket(ctx: BucketContext) -> StageReport:
                       "width": sizes.column("width"), "height": sizes.column("height")}, schema=INDEX_SCHEMA)
     quarantine = [{"uri": f.get("uri", uri_of.get(f["key"], f["key"])), "reason": f["reason"]} for f in failures]
     info = {"stage": STAGE, "version": store.version, "params": rp, "upstream": {LISTING: lst.info.get("data_version")}}
-    dv = write_index(ctx.root, STAGE, index, info, bucket=ctx.bucket)
-    write_quarantine(ctx.root, STAGE, quarantine, bucket=ctx.bucket)
+    dv = ctx.publish(STAGE, index, info, quarantine)
     notes = [n for n in sizes.column("note").to_pylist() if n] if keys else []
     return StageReport(STAGE, store.version, dv, computed=computed, reused=reused, failed=len(failures),
                        failures=quarantine,

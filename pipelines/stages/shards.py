@@ -61,11 +61,11 @@ def run_shards_bucket(ctx: BucketContext) -> StageReport:
     labels = list(ctx.inputs["source_listing"].info.get("labels") or [])
     label_ids = {name: i for i, name in enumerate(labels)}
     versions = {"source_images": imgs.version, "depth_maps": dep.version, "warp_pairs": warp.version,
-                "pose_clusters": pose.info.get("data_version", "none")}
+                "pose_clusters": pose.version}
     params_hash = stable_hash({"versions": versions, "shards": sp})
     keys = sorted(warp.table.column("key").to_pylist())
-    h = hashlib.sha256(json.dumps({"versions": versions, "code": CODE_VERSIONS, "shards": sp, "labels": labels},
-                                  sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps({"versions": versions, "code": CODE_VERSIONS, "shards": sp, "labels": labels,
+                                   "poses": pose.info.get("data_version")}, sort_keys=True).encode())
     for k in keys:
         h.update(k.encode() + b"\n")
     dataset_version = h.hexdigest()[:16]
@@ -115,26 +115,30 @@ def run_shards_bucket(ctx: BucketContext) -> StageReport:
                                  "bytes": sum(s["bytes"] for s in manifest["shards"])})
 
 
-def run_manifest(root: Any, params: dict[str, Any], buckets: list[str]) -> StageReport:
-    """Merge the bucket manifests of ``buckets`` into ``shards/manifest.json``.
+def run_manifest(root: Any, params: dict[str, Any], buckets: list[str], *, stage: str = MERGE,
+                 upstream: str = STAGE, shard_dir: str = SHARD_DIR, section: str = "shards") -> StageReport:
+    """Merge the bucket manifests of ``buckets`` into ``<shard_dir>/manifest.json``.
 
     Refuses (``ShrinkRefused``) to publish a set that lost more than
-    ``shards.min_kept_fraction`` of the current manifest's samples unless
-    ``shards.allow_shrink`` is true: a bad parameter must not silently publish an empty set.
+    ``<section>.min_kept_fraction`` of the current manifest's samples unless
+    ``<section>.allow_shrink`` is true: a bad parameter must not silently publish an empty set.
+    Defaults: the IVID pairs (``training_shards`` -> ``shards/manifest.json``, params
+    ``shards``); the viewsets call it with ``stage="viewset_manifest"``,
+    ``upstream="viewset_shards"``, ``shard_dir="viewset_shards"``, ``section="viewset_shards"``.
 
     Raises:
-        FileNotFoundError: a bucket of ``training_shards`` is not materialized.
+        FileNotFoundError: a bucket of ``upstream`` is not materialized.
         ShrinkRefused: see above.
     """
-    sp = params["shards"]
-    out = f"{root}/{SHARD_DIR}"
-    with writer_lock(root, MERGE), Timer() as t:
+    sp = params[section]
+    out = f"{root}/{shard_dir}"
+    with writer_lock(root, stage), Timer() as t:
         shards, versions, contents, labels, extra = [], [], [], [], {}
         sample_schema = IVID_PAIR.name
         for b in buckets:
             path = f"{out}/bucket={b}/{MANIFEST_NAME}"
             if not exists(path):
-                raise FileNotFoundError(f"{path} not found: materialize training_shards bucket {b} first")
+                raise FileNotFoundError(f"{path} not found: materialize {upstream} bucket {b} first")
             m = json.loads(read_bytes(path))
             shards += [{**s, "name": f"bucket={b}/{s['name']}"} for s in m["shards"]]
             versions.append(m["dataset_version"])
@@ -151,8 +155,8 @@ def run_manifest(root: Any, params: dict[str, Any], buckets: list[str]) -> Stage
             if old_total and total < kept * old_total and not sp.get("allow_shrink", False):
                 raise ShrinkRefused(
                     f"refusing to publish {total} samples in place of the current {old_total} (less than "
-                    f"shards.min_kept_fraction={kept}); check upstream failures and parameters, or set "
-                    f"shards.allow_shrink: true to publish it anyway")
+                    f"{section}.min_kept_fraction={kept}); check upstream failures and parameters, or set "
+                    f"{section}.allow_shrink: true to publish it anyway")
         manifest = {"schema_version": MANIFEST_SCHEMA_VERSION, "sample_schema": sample_schema,
                     "dataset_version": stable_hash({"buckets": buckets, "versions": versions}),
                     "params": {"fractions": dict(sp["split_fractions"]), "maxcount": sp["maxcount"],
@@ -160,7 +164,7 @@ def run_manifest(root: Any, params: dict[str, Any], buckets: list[str]) -> Stage
                     "shards": shards, "splits": split_totals(shards, splits), "digest": manifest_digest(shards),
                     "content_digest": combine_content_digests(contents), "num_buckets": len(buckets), "extra": {**extra, "labels": labels}}
         write_json_atomic(merged_path, manifest)
-    return StageReport(MERGE, manifest["dataset_version"], manifest["digest"][:24], computed=total,
+    return StageReport(stage, manifest["dataset_version"], manifest["digest"][:24], computed=total,
                        seconds=t.seconds,
                        metadata={"dataset_version": manifest["dataset_version"], "samples": total,
                                  "shards": len(shards), "manifest": merged_path,

@@ -43,6 +43,9 @@ class StageSpec:
 _COMMON = ("pipelines/stages/common.py", "pipelines/stages/specs.py", "pipelines/storage.py",
            "pipelines/buckets.py", "pipelines/engine.py", "pipelines/versions.py", "pipelines/config.py")
 
+#: the viewset readers, conventions and crop/normalisation code (pipelines/viewsets is a package)
+_VIEWSET_CODE = ("pipelines/viewsets", "pipelines/camera_conventions.py", "pipelines/stages/viewsets.py")
+
 STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("source_listing", (), ("source", "num_buckets"),
               ("pipelines/sources.py", "pipelines/listing.py", "pipelines/stages/ingest.py", *_COMMON),
@@ -72,6 +75,20 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("shard_manifest", ("training_shards",), ("shards",),
               ("pipelines/shard_manifest.py", "pipelines/stages/shards.py", *_COMMON),
               ("shards/manifest.json",), partitioned=False, code_version=V.SHARDS),
+    # posed multi-view data (issue 14): a second dataset kind beside the IVID pairs
+    StageSpec("viewset_sources", (), ("viewset_source", "num_buckets"),
+              (*_VIEWSET_CODE, *_COMMON),
+              ("viewset_sources",), partitioned=False, code_version=V.VIEWSET_SOURCES),
+    StageSpec("viewsets", ("viewset_sources",), ("viewsets",),
+              (*_VIEWSET_CODE, "pipelines/sample_schema.py", *_COMMON),
+              ("viewsets", "cache/viewsets"), partitioned=True, code_version=V.VIEWSETS),
+    StageSpec("viewset_shards", ("viewsets",), ("viewset_shards",),
+              ("pipelines/shards.py", "pipelines/shard_manifest.py", "pipelines/sample_schema.py",
+               "pipelines/stages/viewsets.py", *_COMMON),
+              ("viewset_shards",), partitioned=True, code_version=V.VIEWSET_SHARDS),
+    StageSpec("viewset_manifest", ("viewset_shards",), ("viewset_shards",),
+              ("pipelines/shard_manifest.py", "pipelines/stages/shards.py", *_COMMON),
+              ("viewset_shards/manifest.json",), partitioned=False, code_version=V.VIEWSET_SHARDS),
 ]}
 
 

@@ -96,7 +96,7 @@ def run_warp_bucket(ctx: BucketContext) -> StageReport:
     index = index.select(["key", "sample_key", "view", "mask_fraction"])
     info = {"stage": STAGE, "version": store.version, "params": rp, "near": near, "far": far,
             "upstream": {"depth_maps": dep.version, "source_images": imgs.version}}
-    dv = write_index(ctx.root, STAGE, index, info, bucket=ctx.bucket)
+    dv = ctx.publish(STAGE, index, info)
     fr = index.column("mask_fraction").to_numpy() if index.num_rows else np.zeros(0)
     return StageReport(STAGE, store.version, dv, computed, reused, len(failures), failures=failures,
                        metadata={"pairs": int(index.num_rows), "samples": len(ok), "views_per_image": views,
