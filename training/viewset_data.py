@@ -57,9 +57,9 @@ class ViewsetSample:
 
     def rgba(self, v: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """View ``v``: RGB float32 [3,H,W] in [0,1] and alpha [1,H,W] in [0,1] (None if absent)."""
-        rgb = torch.from_numpy(VIEWSET.decode("rgb.png", self.raw[f"{v:03d}.rgb.png"])).permute(2, 0, 1).float() / 255
+        rgb = torch.from_numpy(VIEWSET.decode(f"{v:03d}.rgb.png", self.raw[f"{v:03d}.rgb.png"])).permute(2, 0, 1).float() / 255
         a = self.raw.get(f"{v:03d}.alpha.png")
-        return rgb, None if a is None else torch.from_numpy(VIEWSET.decode("alpha.png", a)).float()[None] / 255
+        return rgb, None if a is None else torch.from_numpy(VIEWSET.decode(f"{v:03d}.alpha.png", a)).float()[None] / 255
 
     def bbox(self) -> np.ndarray:
         """Canonical object AABB [2, 3]; without one (no depth), **[heuristic]** the largest
