@@ -15,8 +15,9 @@ Deps, partitioning and pools come from :data:`pipelines.stages.specs.STAGES`.
 
 import dagster as dg
 
+from assets_defs.checks import check_specs_for
 from assets_defs.metadata import emit_buckets, to_result
-from assets_defs.resources import (DepthConfig, FeaturesConfig, IngestConfig, PoseConfig, ShardsConfig,
+from assets_defs.resources import (DepthConfig, FeaturesConfig, IngestConfig, PoseConfig, ShardsConfig, SourceConfig,
                                    ViewforgeSettings, WarpConfig, clean_failures)
 from assets_defs.versions import asset_code_version, bucket_partitions
 from pipelines.buckets import bucket_ids
@@ -37,7 +38,7 @@ def _common(stage: str, kinds: set[str], description: str) -> dict:
     spec = STAGES[stage]
     kw = dict(name=stage, group_name=GROUP, code_version=asset_code_version(stage), deps=_deps(stage),
               kinds=kinds, description=description, owners=OWNERS,
-              tags={"bucketed": "true"} if spec.partitioned else {})
+              tags={"bucketed": "true"} if spec.partitioned else {}, check_specs=check_specs_for(stage))
     if spec.partitioned:
         kw.update(partitions_def=PARTITIONS, backfill_policy=POLICY, output_required=False)
     if spec.gpu:
@@ -62,14 +63,14 @@ def _run(context: dg.AssetExecutionContext, stage: str, settings: ViewforgeSetti
 @dg.asset(**_common("source_listing", {"python", "parquet"},
                     "Ingest phase 1: list the source (sample / folder / manifest), sha256 every file, dedup by "
                     "content key, bucket; unreadable files quarantined, non-image files skipped, with reasons."))
-def source_listing(context: dg.AssetExecutionContext, config: IngestConfig,
+def source_listing(context: dg.AssetExecutionContext, config: SourceConfig,
                    settings: ViewforgeSettings) -> dg.MaterializeResult:
     from pipelines.stages.ingest import run_listing
 
     with clean_failures():
-        params = settings.params("ingest", config)
+        params = settings.params("source", config)
         params["num_buckets"] = effective_num_buckets(params)
-        return to_result(run_listing(str(settings.root()), params), context)
+        return to_result(run_listing(str(settings.root()), params), context, root=str(settings.root()))
 
 
 @dg.asset(**_common("source_images", {"python", "parquet"},
@@ -115,7 +116,8 @@ def pose_clusters(context: dg.AssetExecutionContext, config: PoseConfig,
 
     with clean_failures():
         params = settings.params("pose", config)
-        return to_result(run_pose(str(settings.root()), params, bucket_ids(effective_num_buckets(params))), context)
+        return to_result(run_pose(str(settings.root()), params, bucket_ids(effective_num_buckets(params))), context,
+                         root=str(settings.root()))
 
 
 @dg.asset(**_common("training_shards", {"webdataset"},
@@ -140,7 +142,7 @@ def shard_manifest(context: dg.AssetExecutionContext, config: ShardsConfig,
             report = run_manifest(str(settings.root()), params, bucket_ids(effective_num_buckets(params)))
         except ShrinkRefused as e:
             raise dg.Failure(description=str(e), allow_retries=False) from e
-        return to_result(report, context)
+        return to_result(report, context, root=str(settings.root()))
 
 
 DATA_ASSETS = [source_listing, source_images, depth_maps, warp_pairs, dinov2_features, pose_clusters,

@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     result = dg.materialize(
         [*DATA_ASSETS, *MODEL_ASSETS, *ASSET_CHECKS],
         resources={"settings": settings, "io_manager": NoStorageIOManager()},
-        run_config={"ops": {"source_listing": {"config": {"source": {"kind": args.source_kind,
-                                                                      "path": args.source_path}}}},
+        run_config={"ops": {"source_listing": {"config": {"kind": args.source_kind, "path": args.source_path}}},
                     "loggers": {"console": {"config": {"log_level": args.log_level}}}},
         tags=range_tags(PARTITIONS.get_partition_keys()), raise_on_error=False)
     wall = time.perf_counter() - t0

@@ -207,6 +207,13 @@ def emit_buckets(context: dg.AssetExecutionContext, stage: str, outcomes: list, 
     failed = [o for o in outcomes if o.error is not None]
     totals = {k: sum(getattr(o.report, k) for o in ok) for k in ("computed", "reused", "failed")}
     weights = sorted({str(o.report.metadata.get("weights")) for o in ok if o.report.metadata.get("weights")})
+    if ok and not failed and totals["failed"] and not (totals["computed"] or totals["reused"]):
+        from pipelines.text import escape_md
+
+        reasons = sorted({f["reason"] for o in ok for f in o.report.failures})[:10]
+        raise dg.Failure(description=f"every item of {stage} failed ({totals['failed']}): nothing to publish. "
+                                     f"First reasons: {'; '.join(reasons)}",
+                         metadata={"reasons": dg.MetadataValue.md("\n".join(f"- {escape_md(r)}" for r in reasons))})
     if not failed:
         yield dg.Output(None, metadata={**{k: dg.MetadataValue.int(v) for k, v in totals.items()},
                                         "buckets": dg.MetadataValue.int(len(ok))})

@@ -147,7 +147,7 @@ def clean_failures() -> Iterator[None]:
 
 
 SourceConfig = section_config("source", "SourceConfig")
-IngestConfig = section_config("ingest", "IngestConfig", source=SourceConfig)
+IngestConfig = section_config("ingest", "IngestConfig")
 DepthConfig = section_config("depth", "DepthConfig")
 WarpConfig = section_config("warp", "WarpConfig")
 FeaturesConfig = section_config("features", "FeaturesConfig")

@@ -144,8 +144,9 @@ def test_settings_read_the_params_file_at_call_time(params_file):
     assert p["warp"]["views_per_image"] == 2 and p["warp"]["blur_p"] == 0.25
     p = s.params("shards", ShardsConfig(split_fractions={"train": 0.5, "val": 0.5}))   # replaced, not merged
     assert p["shards"]["split_fractions"] == {"train": 0.5, "val": 0.5}
-    p = s.params("ingest", IngestConfig(resolution=64, source=SourceConfig(kind="folder", path="/x")))
+    p = s.params("ingest", IngestConfig(resolution=64))
     assert p["ingest"]["resolution"] == 64 and p["ingest"]["min_size"] == 64
+    p = s.params("source", SourceConfig(kind="folder", path="/x"))
     assert p["source"] == {"kind": "folder", "path": "/x"}
 
 

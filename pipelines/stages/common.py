@@ -132,9 +132,11 @@ class _BucketFn:
             report = _resolve(self.runner)(ctx)
             report.seconds = time.perf_counter() - t0
             report.bucket = bucket
-            if report.failed and not report.computed and not report.reused:
-                raise BucketFailed(f"every item failed ({report.failed}), e.g. "
-                                   f"{report.failures[0].get('reason', '?')}", report)
+            errors = [f for f in report.failures if f.get("error")]
+            if errors and not report.computed and not report.reused:
+                # every item failed because the computation raised (not because the data is
+                # bad, which is quarantined): the bucket fails, its last good index stays
+                raise BucketFailed(f"every item failed ({report.failed}), e.g. {errors[0]['reason']}", report)
             for stage, table, info, quarantine in ctx.pending:
                 write_index(self.root, stage, table, info, bucket=bucket)
                 if quarantine is not None:
@@ -189,8 +191,9 @@ def run_incremental(store: StageStore, keys: Sequence[str],
     """Compute and store results for the keys of ``keys`` that ``store`` lacks.
 
     ``compute(chunk_keys)`` returns ``(rows, failures)``; each failure is
-    ``{"key", "reason"}`` and does not stop the run. A chunk that raises is recorded as a
-    failure of each of its keys, so one bad chunk never loses the others' results. The
+    ``{"key", "reason"}`` (a bad item, quarantined) and does not stop the run. A chunk that
+    raises is recorded as a failure of each of its keys with ``"error": "chunk"``, so one bad
+    chunk never loses the others' results; a bucket whose every item failed that way fails. The
     store's key map is flushed at the end.
 
     Returns:
@@ -207,7 +210,7 @@ def run_incremental(store: StageStore, keys: Sequence[str],
                 rows, bad = compute(list(chunk))
             except Exception as e:  # noqa: BLE001 - recorded per key, run goes on
                 log.exception("%s: chunk of %d failed", store.stage, len(chunk))
-                bad = [{"key": k, "reason": f"{type(e).__name__}: {e}"} for k in chunk]
+                bad = [{"key": k, "reason": f"{type(e).__name__}: {e}", "error": "chunk"} for k in chunk]
                 rows = None
             if rows is not None and rows.num_rows:
                 store.write(rows)

@@ -50,7 +50,11 @@ def run_stage(stage: str, root: Any, params: dict[str, Any], buckets: list[str] 
     bad = [o for o in outcomes if o.error]
     if bad:
         raise StageFailed(f"{stage}: " + "; ".join(f"bucket {o.bucket}: {o.error}" for o in bad))
-    return {o.bucket: o.report for o in outcomes}
+    reports = {o.bucket: o.report for o in outcomes}
+    t = totals(reports)
+    if t["failed"] and not (t["computed"] or t["reused"]):
+        raise StageFailed(f"{stage}: every item failed ({t['failed']})")
+    return reports
 
 
 ORDER = ["source_listing", "source_images", "depth_maps", "warp_pairs", "dinov2_features", "pose_clusters",
