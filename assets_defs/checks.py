@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import dagster as dg
 
 from assets_defs.resources import ViewforgeSettings
+from eval import checks as model_checks
 from pipelines.stages import checks as C
 
 
@@ -42,9 +43,9 @@ DATA_CHECKS: list[CheckDef] = [
 ]
 
 MODEL_CHECKS: list[CheckDef] = [
-    CheckDef("trained_models", "models_loadable", C.check_trained_models,
+    CheckDef("trained_models", "models_loadable", model_checks.check_trained_models,
              "The latest run has a first-view and a novel-view model directory."),
-    CheckDef("eval_reports", "metrics_finite", C.check_eval_reports,
+    CheckDef("eval_reports", "metrics_finite", model_checks.check_eval_reports,
              "metrics.json is flat and every number is finite."),
 ]
 

@@ -138,29 +138,3 @@ def check_training_shards(root: Path) -> Check:
     return report.ok and invalid == 0, {"verified": report.ok, "problems": list(report.problems)[:20],
                                         "sample_schema": schema.name, "samples": n,
                                         "invalid_samples": invalid, "invalid_examples": examples}
-
-
-def check_trained_models(root: Path) -> Check:
-    """The latest training run has a loadable first-view and novel-view model."""
-    import json
-
-    from training.sample import resolve_model_dir
-
-    info = json.loads((Path(root) / "models" / "latest.json").read_text())
-    found = {}
-    for job in info["jobs"]:
-        try:
-            found[job["kind"]] = str(resolve_model_dir(job["out"]))
-        except FileNotFoundError:
-            found[job["kind"]] = None
-    return all(found.values()) and len(found) == 2, {"run_id": info["run_id"], **found}
-
-
-def check_eval_reports(root: Path) -> Check:
-    """metrics.json exists, is flat and every number is finite."""
-    import json
-    import math
-
-    metrics = json.loads((Path(root) / "eval_reports" / "metrics.json").read_text())
-    bad = [k for k, v in metrics.items() if not isinstance(v, (int, float)) or not math.isfinite(v)]
-    return bool(metrics) and not bad, {"metrics": len(metrics), "non_finite_or_nested": bad[:20]}

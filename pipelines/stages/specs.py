@@ -40,7 +40,7 @@ class StageSpec:
     gpu: bool = False
 
 
-_COMMON = ("pipelines/stages/common.py", "pipelines/stages/specs.py", "pipelines/storage.py",
+_COMMON = ("pipelines/stages/common.py", "pipelines/stages/specs.py", "pipelines/storage.py", "pipelines/params_schema.py",
            "pipelines/buckets.py", "pipelines/engine.py", "pipelines/versions.py", "pipelines/config.py")
 
 #: the viewset readers, conventions and crop/normalisation code (pipelines/viewsets is a package)
