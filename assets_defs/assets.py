@@ -51,13 +51,13 @@ def _run(context: dg.AssetExecutionContext, stage: str, settings: ViewforgeSetti
     from pipelines.stages.common import run_partitioned
 
     buckets = list(context.partition_keys)
-    outcomes = run_partitioned(stage, str(settings.root()), params, buckets, runner=runner, resource=resource,
+    outcomes = run_partitioned(stage, settings.data_uri(), params, buckets, runner=runner, resource=resource,
                                device=settings.device,
                                progress=lambda o: context.log.info(
                                    f"{stage} bucket {o.bucket}: " + (f"FAILED {o.error}" if o.error else
                                                                      f"computed {o.report.computed} reused "
                                                                      f"{o.report.reused}")))
-    yield from emit_buckets(context, stage, outcomes, params, str(settings.root()))
+    yield from emit_buckets(context, stage, outcomes, params, settings.data_uri())
 
 
 @dg.asset(**_common("source_listing", {"python", "parquet"},
@@ -70,7 +70,7 @@ def source_listing(context: dg.AssetExecutionContext, config: SourceConfig,
     with clean_failures():
         params = settings.params("source", config)
         params["num_buckets"] = effective_num_buckets(params)
-        return to_result(run_listing(str(settings.root()), params), context, root=str(settings.root()))
+        return to_result(run_listing(settings.data_uri(), params), context, root=settings.data_uri())
 
 
 @dg.asset(**_common("source_images", {"python", "parquet"},
@@ -116,8 +116,8 @@ def pose_clusters(context: dg.AssetExecutionContext, config: PoseConfig,
 
     with clean_failures():
         params = settings.params("pose", config)
-        return to_result(run_pose(str(settings.root()), params, bucket_ids(effective_num_buckets(params))), context,
-                         root=str(settings.root()))
+        return to_result(run_pose(settings.data_uri(), params, bucket_ids(effective_num_buckets(params))), context,
+                         root=settings.data_uri())
 
 
 @dg.asset(**_common("training_shards", {"webdataset"},
@@ -139,10 +139,10 @@ def shard_manifest(context: dg.AssetExecutionContext, config: ShardsConfig,
     with clean_failures():
         params = settings.params("shards", config)
         try:
-            report = run_manifest(str(settings.root()), params, bucket_ids(effective_num_buckets(params)))
+            report = run_manifest(settings.data_uri(), params, bucket_ids(effective_num_buckets(params)))
         except ShrinkRefused as e:
             raise dg.Failure(description=str(e), allow_retries=False) from e
-        return to_result(report, context, root=str(settings.root()))
+        return to_result(report, context, root=settings.data_uri())
 
 
 DATA_ASSETS = [source_listing, source_images, depth_maps, warp_pairs, dinov2_features, pose_clusters,

@@ -7,6 +7,8 @@ from assets_defs.assets import DATA_ASSETS
 from assets_defs.checks import ASSET_CHECKS
 from assets_defs.models import MODEL_ASSETS
 from assets_defs.resources import ViewforgeSettings
+from assets_defs.sensors import SENSORS
+from assets_defs.viewsets import VIEWSET_ASSETS, VIEWSET_CHECKS
 
 
 class NoStorageIOManager(dg.ConfigurableIOManager):
@@ -35,10 +37,17 @@ models_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
     description="Materialize trained_models (Dagster Pipes subprocess) -> eval_reports.")
 
+#: Posed multi-view data (issue 14): sequences -> viewset WebDataset shards.
+viewsets_job = dg.define_asset_job(
+    "build_viewset_shards", selection=dg.AssetSelection.assets(*VIEWSET_ASSETS),
+    executor_def=dg.in_process_executor,
+    description="Materialize viewset_sources -> viewsets -> viewset_shards -> viewset_manifest.")
+
 defs = dg.Definitions(
-    assets=[*DATA_ASSETS, *MODEL_ASSETS],
-    asset_checks=ASSET_CHECKS,
-    jobs=[shards_job, models_job],
+    assets=[*DATA_ASSETS, *MODEL_ASSETS, *VIEWSET_ASSETS],
+    asset_checks=[*ASSET_CHECKS, *VIEWSET_CHECKS],
+    jobs=[shards_job, models_job, viewsets_job],
+    sensors=SENSORS,
     resources={"settings": ViewforgeSettings(), "io_manager": NoStorageIOManager()},
     executor=dg.in_process_executor,
 )

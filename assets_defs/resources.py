@@ -20,7 +20,7 @@ from typing import Any, Iterator, Literal, Optional, Union
 import dagster as dg
 from pydantic import Field, create_model
 
-from pipelines.config import data_root
+from pipelines.config import data_root, data_uri
 from pipelines.params_schema import SECTIONS, ParamsError, ViewforgeParams, load_validated_params
 
 _ROOT = ViewforgeParams.model_fields
@@ -95,9 +95,20 @@ class ViewforgeSettings(dg.ConfigurableResource):
     device: Optional[str] = Field(None, description="torch device (unset: CUDA when available, else CPU)")
 
     def root(self) -> Path:
+        """The data root as a local path (created); raises ValueError for a URI root."""
         p = Path(self.data_root) if self.data_root else data_root()
+        if "://" in str(self.data_root or ""):
+            raise ValueError(f"{self.data_root} is not a local path: training and evaluation need a local or "
+                             "mounted data root")
         p.mkdir(parents=True, exist_ok=True)
         return p
+
+    def data_uri(self) -> str:
+        """The data root as the data stages address it: a local path or a ``pyarrow.fs`` URI."""
+        uri = data_uri(self.data_root)
+        if "://" not in uri:
+            Path(uri).mkdir(parents=True, exist_ok=True)
+        return uri
 
     def params(self, section: str | None = None, config: dg.Config | None = None) -> dict[str, Any]:
         """The full, validated params dict, read from the params file now (an edit applies

@@ -41,8 +41,25 @@ def load_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
 
 
 def data_root() -> Path:
-    """The data root: ``$VIEWFORGE_DATA`` or ``data/`` under the working directory."""
-    return Path(os.environ.get("VIEWFORGE_DATA", "data")).absolute()
+    """The data root: ``$VIEWFORGE_DATA`` or ``data/`` under the working directory.
+
+    Raises:
+        ValueError: the root is a URI (``s3://...``): use :func:`data_uri` (only the data
+            stages run on object stores; training and evaluation need a mounted file system).
+    """
+    uri = data_uri()
+    if "://" in uri:
+        raise ValueError(f"{uri} is not a local path: training and evaluation need a local or mounted "
+                         "data root (VIEWFORGE_DATA=/mnt/...)")
+    return Path(uri)
+
+
+def data_uri(root: str | None = None) -> str:
+    """The data root as a string: a URI (``s3://bucket/prefix``, any ``pyarrow.fs`` / fsspec
+    scheme) unchanged, a local path made absolute. ``root`` defaults to ``$VIEWFORGE_DATA``
+    or ``data/``."""
+    r = root if root is not None else os.environ.get("VIEWFORGE_DATA", "data")
+    return r.rstrip("/") if "://" in r else str(Path(r).absolute())
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -368,7 +368,7 @@ IVID_PAIR_V1 = SampleSchema("ivid_pair/1", _ivid_members(U16_PNG, "png"), _ivid_
 
 # ---------------------------------------------------------------------------- viewsets
 #: Required ``cams.npz`` arrays: leading dimension V, float64 except ``hw`` (integer).
-VIEWSET_CAMS = {"w2c": (4, 4), "K": (3, 3), "hw": (2,), "crop_xywh": (4,), "scale": ()}
+VIEWSET_CAMS = {"w2c": (4, 4), "K": (3, 3), "hw": (2,), "crop_xywh": (4,), "scale": (2,)}
 
 
 def _viewset_rules(s: dict) -> list[str]:
@@ -407,7 +407,7 @@ def _viewset_rules(s: dict) -> list[str]:
 #: (``depth.npy.gz``, optional), ``depthmask`` bool [H,W] (``depthmask.png``, optional);
 #: ``cams`` dict of arrays (``cams.npz``: ``w2c`` [V,4,4] float64 OpenCV world-to-camera,
 #: ``K`` [V,3,3] float64 in viewforge's pixel convention at the stored size, ``hw`` [V,2]
-#: int, ``crop_xywh`` [V,4] float64 in source pixels, ``scale`` [V] float64 source ->
+#: int, ``crop_xywh`` [V,4] float64 in source pixels, ``scale`` [V,2] float64 (sx, sy) source ->
 #: stored; further arrays such as ``src_K``, ``src_hw`` allowed); ``views`` list of V dicts
 #: (``views.json``); ``meta`` dict (``meta.json``; ``depth_scale`` required with depth).
 VIEWSET = SampleSchema("viewset/1", (

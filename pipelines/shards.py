@@ -44,7 +44,7 @@ from typing import Any, Iterable
 import webdataset as wds
 
 from pipelines.depth_convention import DEPTH_ENCODING_NAME, depth_encoding  # noqa: F401 (re-export)
-from pipelines.sample_schema import IVID_PAIR
+from pipelines.sample_schema import IVID_PAIR, SampleSchema
 from pipelines.shard_manifest import (MANIFEST_NAME, MANIFEST_SCHEMA_VERSION, SHARD_RE, HashingFile,
                                       manifest_digest, split_totals)
 from pipelines.storage import atomic_path, remove_stale_temporaries, write_json_atomic
@@ -193,8 +193,8 @@ class _ShardSequence:
 
 def write_shards(pairs: Iterable[dict], out_dir: str | Path, *, fractions: dict[str, float],
                  maxcount: int = 1000, maxsize: float = 1e9, dataset_version: str,
-                 extra: dict | None = None) -> dict:
-    """Stream IVID pairs into per-split WebDataset shards and write the manifest.
+                 extra: dict | None = None, schema: SampleSchema | None = None, encoded: bool = False) -> dict:
+    """Stream samples (IVID pairs by default) into per-split WebDataset shards and write the manifest.
 
     Each pair (see :func:`encode_sample`) goes to its ``split`` when it has one (a split the
     user assigned wins; it must be one of ``fractions``), else to ``split_of(pair["sample_key"])``; each
@@ -217,6 +217,12 @@ def write_shards(pairs: Iterable[dict], out_dir: str | Path, *, fractions: dict[
         dataset_version: id stored in the manifest (e.g. a hash of sample keys and stage
             versions, computed by the caller).
         extra: JSON-able dict stored under ``"extra"``.
+        schema: the sample schema (:mod:`pipelines.sample_schema`) whose ``encode`` makes the
+            members and whose name the manifest records as ``sample_schema``; None =
+            :data:`~pipelines.sample_schema.IVID_PAIR`.
+        encoded: each item is ``{"key", "split" or "sample_key", "sample": members form}``
+            already encoded (and validated) with ``schema`` by the caller (e.g. a stage
+            cache of encoded viewsets): written as is.
 
     Returns:
         The manifest dict (format and example in the module docstring).
@@ -228,6 +234,7 @@ def write_shards(pairs: Iterable[dict], out_dir: str | Path, *, fractions: dict[
     if maxcount < 1 or maxsize <= 0:
         raise ValueError(f"maxcount must be >= 1 and maxsize > 0, got {maxcount}, {maxsize}")
     split_of("", fractions)  # validates fractions
+    schema = IVID_PAIR if schema is None else schema
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)
@@ -242,7 +249,7 @@ def write_shards(pairs: Iterable[dict], out_dir: str | Path, *, fractions: dict[
                 raise ValueError(f"pairs must arrive sorted by key without duplicates: "
                                  f"{key!r} after {prev!r}")
             prev = key
-            sample = encode_sample(pair)
+            sample = pair["sample"] if encoded else schema.encode(pair)
             content = (content + int(sample_digest(sample), 16)) % CONTENT_MODULUS
             seqs[pair.get("split") or split_of(pair["sample_key"], fractions)].write(sample)
         for seq in seqs.values():
@@ -258,7 +265,7 @@ def write_shards(pairs: Iterable[dict], out_dir: str | Path, *, fractions: dict[
             p.unlink()
     manifest = {
         "schema_version": MANIFEST_SCHEMA_VERSION,
-        "sample_schema": SAMPLE_SCHEMA,
+        "sample_schema": schema.name,
         "dataset_version": dataset_version,
         "params": {"fractions": dict(sorted(fractions.items())), "maxcount": int(maxcount),
                    "maxsize": float(maxsize)},

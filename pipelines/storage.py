@@ -346,9 +346,9 @@ class StageStore:
         path = f"{self.dir}/{name}"
         write_parquet_atomic(path, table)
         where = self._load()
-        for k in keys:
-            where[k] = (self.dir, name)
-            self._own[k] = name
+        for k in keys:                      # the first stored result of a key wins, as on reload
+            where.setdefault(k, (self.dir, name))
+            self._own.setdefault(k, name)
         return path
 
     def flush(self) -> None:

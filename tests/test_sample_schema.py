@@ -152,7 +152,7 @@ def _viewset(v: int = 3) -> dict:
         "depthmask": None,
         "cams": {"w2c": w2c, "K": np.tile(np.diag([50.0, 50.0, 1.0]), (v, 1, 1)),
                  "hw": np.asarray(hws, np.int32), "crop_xywh": rng.random((v, 4)) * 100,
-                 "scale": np.full(v, 0.5), "src_hw": np.asarray(hws, np.int32) * 2},
+                 "scale": np.full((v, 2), 0.5), "src_hw": np.asarray(hws, np.int32) * 2},
         "views": [{"frame_number": i, "azimuth_deg": 30.0 * i} for i in range(v)],
         "meta": {"dataset": "co3d", "depth_scale": 1e-3, "sequence": "110_13051"},
     }
@@ -186,7 +186,7 @@ def test_viewset_round_trip_and_stock_decoding(tmp_path):
     (lambda s: s["cams"].__setitem__("hw", s["cams"]["hw"][::-1].copy()), "cams.hw: must be integer and equal"),
     (lambda s: s["cams"].__setitem__("K", s["cams"]["K"].astype(np.float32)), "cams.K: must be finite float64"),
     (lambda s: s["cams"]["w2c"].__setitem__((0, 3, 0), 1.0), "cams.w2c: last row"),
-    (lambda s: s["cams"].pop("scale"), "cams.scale: must have shape (3,)"),
+    (lambda s: s["cams"].pop("scale"), "cams.scale: must have shape (3, 2)"),
     (lambda s: s["meta"].pop("depth_scale"), "meta.depth_scale"),
     (lambda s: s["views"].pop(), "views: 2 views, rgb has 3"),
     (lambda s: s.update(rgb=[]), "rgb: must be a non-empty sequence"),
