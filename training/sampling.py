@@ -151,7 +151,8 @@ def view_weights(z: torch.Tensor, K: torch.Tensor, sharpness: float = 20.0) -> t
 
 def aggregate_views(rgb: torch.Tensor, z: torch.Tensor, K: torch.Tensor, src_to_tgt: torch.Tensor, *,
                     out_size: tuple[int, int] | None = None, erode_rgb: int = 2, edge_threshold: float = 0.03,
-                    depth_tolerance: float = 0.03, supersample: int = 3) -> dict[str, torch.Tensor]:
+                    depth_tolerance: float = 0.03, supersample: int = 3, near: float = 0.5,
+                    far: float = 100.0) -> dict[str, torch.Tensor]:
     """Warp N RGBD views into one target camera and merge them (IVID ``aggregate_conditions``).
 
     Each source view is forward-warped with :func:`pipelines.warping.forward_warp`, carrying
@@ -165,6 +166,8 @@ def aggregate_views(rgb: torch.Tensor, z: torch.Tensor, K: torch.Tensor, src_to_
     Args:
         rgb: float [B, N, 3, H, W] in [0, 1]; z: float [B, N, 1, H, W] z-depth (world units).
         K: [3, 3] intrinsics shared by all views; src_to_tgt: [N, 4, 4] or [B, N, 4, 4].
+        near, far: the z-buffer range IVID's discontinuity tests work in (the sampler's
+            0.6 / 5.0; depths are in pivot units, so the reference depth is 1).
     Returns:
         ``{"rgb" [B,3,Ht,Wt] in [0,1], "z" [B,1,Ht,Wt] (inf where empty), "mask", "mask_rgb"
         [B,1,Ht,Wt] float {0,1}}``.
@@ -174,14 +177,14 @@ def aggregate_views(rgb: torch.Tensor, z: torch.Tensor, K: torch.Tensor, src_to_
     flat_z = z.reshape(B * N, 1, H, W)
     Kf = K.to(rgb.device, torch.float32)
     w = view_weights(flat_z, Kf)
-    usable = ~depth_edge(flat_z, edge_threshold)
+    usable = ~depth_edge(flat_z, edge_threshold, near=near, far=far)
     if erode_rgb > 0:
         usable = -F.max_pool2d(-usable.float(), 2 * erode_rgb + 1, 1, erode_rgb) > 0.5
     img = torch.cat([rgb.reshape(B * N, 3, H, W), w, usable.float()], 1)
     T = src_to_tgt.to(rgb.device, torch.float64)
     T = (T[None].expand(B, N, 4, 4) if T.dim() == 3 else T).reshape(B * N, 4, 4)
     res = forward_warp(img, flat_z, Kf, Kf, T, out_size=(Ht, Wt), supersample=supersample,
-                       edge_threshold=edge_threshold)
+                       edge_threshold=edge_threshold, near=near, far=far)
     im = res.image.reshape(B, N, 5, Ht, Wt)
     zz = torch.where(res.mask, res.depth, torch.full_like(res.depth, float("inf"))).reshape(B, N, 1, Ht, Wt)
     valid = res.mask.reshape(B, N, 1, Ht, Wt)
@@ -267,7 +270,7 @@ def sample_viewset(first_model: RGBDDiffusionModel, novel_model: NovelViewModel,
             prev = from_model_range(torch.stack(views, 1))                  # [B, i, 4, H, W]
             T = torch.as_tensor(np.stack([w2c[i] @ invert_rigid(w2c[j]) for j in range(i)]))
             c = aggregate_views(prev[:, :, :3], zbuffer_to_z(prev[:, :, 3:], near, far), K, T,
-                                erode_rgb=erode_rgb, edge_threshold=edge_threshold)
+                                erode_rgb=erode_rgb, edge_threshold=edge_threshold, near=near, far=far)
             c["z"] = z_to_zbuffer(c["z"], near, far)
             conds.append(c)
             cond = {"cond_rgb": to_model_range(c["rgb"]), "cond_depth": to_model_range(c["z"]),

@@ -43,13 +43,22 @@ def stage_table(root: Path, stage: str, name: str = "index") -> tuple["pa.Table"
 
 
 def check_source_images(root: Path) -> Check:
-    """At least one image accepted, keys unique, every quarantine row has a reason."""
+    """At least one image accepted, keys unique, every quarantined or skipped input has a
+    reason, and every listed file is accounted for exactly once:
+    ``listed = accepted + quarantined (unreadable + undecodable) + duplicates + skipped``."""
     table, _ = stage_table(root, "source_images")
     keys = table.column("key").to_pylist()
     q, _ = stage_table(root, "source_images", "quarantine")
-    no_reason = sum(1 for r in q.column("reason").to_pylist() if not r)
-    return (len(keys) > 0 and len(set(keys)) == len(keys) and no_reason == 0,
-            {"accepted": len(keys), "quarantined": q.num_rows, "quarantine_without_reason": no_reason})
+    lq, skipped, dups = (read_quarantine(root, "source_listing", name=n) for n in
+                         ("quarantine.parquet", "skipped.parquet", "duplicates.parquet"))
+    listing, _ = read_index(root, "source_listing")
+    listed = sum(listing.column("samples").to_pylist()) + lq.num_rows + skipped.num_rows + dups.num_rows
+    no_reason = sum(1 for t in (q, lq, skipped) for r in t.column("reason").to_pylist() if not r)
+    accounted = len(keys) + q.num_rows + lq.num_rows + dups.num_rows + skipped.num_rows
+    return (len(keys) > 0 and len(set(keys)) == len(keys) and no_reason == 0 and accounted == listed,
+            {"listed": listed, "accepted": len(keys), "quarantined": q.num_rows + lq.num_rows,
+             "duplicates": dups.num_rows, "skipped": skipped.num_rows, "unaccounted": listed - accounted,
+             "without_reason": no_reason})
 
 
 def check_depth_maps(root: Path) -> Check:
