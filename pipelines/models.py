@@ -84,6 +84,26 @@ def resolve_weights(*, local: str | None, hub_id: str | None, param_local: str, 
         f"`profile: demo` in params.yaml); it uses tiny random models and labels every output {RANDOM_WEIGHTS!r}.")
 
 
+def reusable_origin(previous: str | None, *, local: str | None, hub_id: str | None, profile: str) -> str | None:
+    """The weights origin a stage may assume *without loading the model*: the origin its
+    last run recorded, if the current parameters would resolve to the same one in
+    :func:`resolve_weights`' order (a local checkpoint that still exists, else the same hub id
+    with no local checkpoint configured, else random weights in a demo / smoke profile with
+    neither). None when a load is needed to know. A stage whose samples are all cached under
+    the version of this origin then skips building the model.
+    """
+    if not previous:
+        return None
+    local_ok = bool(local) and os.path.exists(local)
+    if previous.startswith("local:"):
+        return previous if local_ok and previous == f"local:{local}" else None
+    if previous.startswith("hub:"):
+        return previous if not local_ok and previous == f"hub:{hub_id}" else None
+    if previous == RANDOM_WEIGHTS:
+        return previous if profile in RANDOM_OK_PROFILES and not local_ok else None
+    return None
+
+
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Within the block torch's default CPU generator is seeded with ``seed``; on exit its

@@ -185,3 +185,12 @@ def test_a_failing_bucket_is_reported_and_the_others_are_kept(tmp_path, photos, 
     t = totals(reports)
     n_bad = sum(bucket_of(k, 16) == bad_bucket for k in keys)
     assert t == {"computed": n_bad, "reused": 10 - n_bad, "failed": 0}
+
+
+def test_fully_cached_model_stages_never_build_the_model(reference, photos, tiny_depth_dir, tiny_dinov2_path):
+    root, _ = reference
+    params = params_for(photos, tiny_depth_dir, tiny_dinov2_path)
+    for stage in ("depth_maps", "dinov2_features"):
+        reports = run_stage(stage, str(root), params)
+        assert totals(reports) == {"computed": 0, "reused": 10, "failed": 0}, stage
+        assert not any(r.metadata["model_loaded"] for r in reports.values()), stage

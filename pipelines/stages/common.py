@@ -100,6 +100,17 @@ class BucketContext:
         self.pending.append((stage, table, info, quarantine))
         return table_digest(table, str(info.get("version", "")))[:24]
 
+    def previous_info(self, stage: str) -> dict[str, Any]:
+        """The info of this bucket's current index of ``stage`` ({} when none)."""
+        try:
+            return read_index(self.root, stage, self.bucket)[1]
+        except FileNotFoundError:
+            return {}
+
+    def resource_loaded(self) -> bool:
+        """Whether the shared model was built in this process (or actor) so far."""
+        return bool(getattr(self.resource, "__self__", None) and self.resource.__self__._resource)
+
     def store(self, stage: str, params: dict[str, Any], upstream: dict[str, str]) -> StageStore:
         """This bucket's store of ``stage`` for the version of (code, params, upstream)."""
         spec = STAGES[stage]

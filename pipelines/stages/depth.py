@@ -9,6 +9,7 @@ import pyarrow as pa
 from pipelines.depth import DEPTH_SCHEMA, depth_rows, estimate_disparity, load_depth_model
 from pipelines.depth_convention import decode_zbuffer
 from pipelines.images import decode_png, load_images
+from pipelines.models import reusable_origin
 from pipelines.previews import colorize, grid_png
 from pipelines.stages.common import BucketContext, StageReport, result_params, run_incremental
 
@@ -28,13 +29,20 @@ def run_depth_bucket(ctx: BucketContext) -> StageReport:
     (key, depth_min, depth_max, nonfinite)."""
     imgs = ctx.inputs["source_images"]
     p = ctx.params["depth"]
-    model = ctx.resource()          # resolves the weights: their origin is part of the version
-    rp = result_params(ctx.params, "depth", weights_origin=model.origin)
-    store = ctx.store(STAGE, rp, {"source_images": imgs.version})
     keys = imgs.keys
+    # the weights origin is part of the version; when the last run's origin still holds and
+    # every sample is cached under it, the model is never built
+    origin = reusable_origin(ctx.previous_info(STAGE).get("weights_origin"), local=p.get("local_dir"),
+                             hub_id=p.get("model"), profile=ctx.params.get("profile", "default"))
+    store = ctx.store(STAGE, result_params(ctx.params, "depth", weights_origin=origin), {"source_images": imgs.version})
+    if origin is None or store.missing(keys):
+        origin = ctx.resource().origin
+        store = ctx.store(STAGE, result_params(ctx.params, "depth", weights_origin=origin),
+                          {"source_images": imgs.version})
+    rp = result_params(ctx.params, "depth", weights_origin=origin)
 
     def compute(chunk):
-        disp = estimate_disparity(model, load_images(imgs.store, chunk), batch_size=int(p.get("batch_size", 8)))
+        disp = estimate_disparity(ctx.resource(), load_images(imgs.store, chunk), batch_size=int(p.get("batch_size", 8)))
         return depth_rows(chunk, disp, near=float(p["near"]), far=float(p["far"]),
                           min_disparity=float(p["min_disparity"])), []
 
@@ -45,11 +53,11 @@ def run_depth_bucket(ctx: BucketContext) -> StageReport:
         ["key", "depth_min", "depth_max", "nonfinite"]) if ok else
         pa.table({"key": pa.array([], pa.string()), "depth_min": pa.array([], pa.float32()),
                   "depth_max": pa.array([], pa.float32()), "nonfinite": pa.array([], pa.int32())}))
-    info = {"stage": STAGE, "version": store.version, "params": rp, "weights_origin": model.origin,
+    info = {"stage": STAGE, "version": store.version, "params": rp, "weights_origin": origin,
             "model": p.get("model"), "upstream": {"source_images": imgs.version}}
     dv = ctx.publish(STAGE, index, info)
     return StageReport(STAGE, store.version, dv, computed, reused, len(failures), failures=failures,
-                       metadata={"weights": model.origin, "samples": len(ok),
+                       metadata={"weights": origin, "samples": len(ok), "model_loaded": ctx.resource_loaded(),
                                  "depth_min": float(np.min(index.column("depth_min"))) if ok else None,
                                  "depth_max": float(np.max(index.column("depth_max"))) if ok else None})
 

@@ -60,16 +60,24 @@ def run_features_bucket(ctx: BucketContext) -> StageReport:
     Writes ``dinov2_features/bucket=<b>/index.parquet`` (key)."""
     from pipelines.features import extract_features
 
+    from pipelines.models import reusable_origin
+
     imgs = ctx.inputs["source_images"]
     p = ctx.params["features"]
-    model = ctx.resource()
-    rp = result_params(ctx.params, "features", weights_origin=model.origin)
-    store = ctx.store(STAGE, rp, {"source_images": imgs.version})
     keys = imgs.keys
+    origin = reusable_origin(ctx.previous_info(STAGE).get("weights_origin"), local=p.get("local_path"),
+                             hub_id=p.get("model"), profile=ctx.params.get("profile", "default"))
+    store = ctx.store(STAGE, result_params(ctx.params, "features", weights_origin=origin),
+                      {"source_images": imgs.version})
+    if origin is None or store.missing(keys):      # else everything is cached: the model is never built
+        origin = ctx.resource().origin
+        store = ctx.store(STAGE, result_params(ctx.params, "features", weights_origin=origin),
+                          {"source_images": imgs.version})
+    rp = result_params(ctx.params, "features", weights_origin=origin)
     extract_s = [0.0]
 
     def compute(chunk):
-        fb = extract_features(model.model, torch.from_numpy(images_float(imgs.store, chunk)),
+        fb = extract_features(ctx.resource().model, torch.from_numpy(images_float(imgs.store, chunk)),
                               batch_size=int(p.get("batch_size", 16)), flipped=bool(p.get("flipped", True)),
                               device=ctx.device)
         extract_s[0] += fb.seconds
@@ -79,11 +87,11 @@ def run_features_bucket(ctx: BucketContext) -> StageReport:
     bad = {f["key"] for f in failures}
     ok = [k for k in keys if k not in bad]
     index = pa.table({"key": pa.array(ok, pa.string())})
-    info = {"stage": STAGE, "version": store.version, "params": rp, "weights_origin": model.origin,
+    info = {"stage": STAGE, "version": store.version, "params": rp, "weights_origin": origin,
             "upstream": {"source_images": imgs.version}}
     dv = ctx.publish(STAGE, index, info)
     return StageReport(STAGE, store.version, dv, computed, reused, len(failures), failures=failures,
-                       metadata={"weights": model.origin, "samples": len(ok),
+                       metadata={"weights": origin, "samples": len(ok), "model_loaded": ctx.resource_loaded(),
                                  "images_per_s": round(computed / extract_s[0], 2) if extract_s[0] else None})
 
 
