@@ -105,6 +105,35 @@ def random_weights_upstream(root: str, stage: str, buckets: list[str] | None) ->
     return False
 
 
+def provenance_tags(context: dg.AssetExecutionContext, bucket: str) -> dict[str, str]:
+    """Dagster's data-provenance event tags for bucket ``bucket`` of the running asset: its
+    current code version and, per upstream asset, the latest data version and event id of
+    the matching upstream partition (the same bucket, or the unpartitioned asset). With them
+    Dagster's staleness (``staleStatusByPartition``, the UI's "Code version" / "Upstream
+    data" badges) works per bucket, as for materializations made from the step's output;
+    without them it reports every bucket as fresh."""
+    from dagster._core.definitions.data_version import (CODE_VERSION_TAG, extract_data_version_from_entry,
+                                                        get_input_data_version_tag, get_input_event_pointer_tag)
+
+    assets_def = context.assets_def
+    tags: dict[str, str] = {}
+    code_version = assets_def.code_versions_by_key.get(context.asset_key)
+    if code_version is None:
+        return tags
+    tags[CODE_VERSION_TAG] = code_version
+    from pipelines.stages.specs import STAGES
+
+    for name in sorted(STAGES[context.asset_key.to_user_string()].inputs):   # = the asset's deps
+        dep = dg.AssetKey(name)
+        part = bucket if STAGES[name].partitioned else None
+        record = context.instance.get_latest_data_version_record(dep, partition_key=part)
+        version = extract_data_version_from_entry(record.event_log_entry) if record else None
+        if record is not None and version is not None:
+            tags[get_input_data_version_tag(dep)] = version.value
+            tags[get_input_event_pointer_tag(dep)] = str(record.storage_id)
+    return tags
+
+
 def _mark_run_random(context: dg.AssetExecutionContext) -> None:
     try:
         context.instance.add_run_tags(context.run_id, dict([WEIGHTS_TAG]))
@@ -195,7 +224,8 @@ def emit_buckets(context: dg.AssetExecutionContext, stage: str, outcomes: list, 
     """Events of a bucketed step: when every bucket succeeded, first the step's output (one
     event per partition of the range, superseded next), then one ``AssetMaterialization``
     per bucket with its own metadata (previews of the bucket, :func:`bucket_previews`; the
-    column schema of its index) and data version (the latest event of each partition), then
+    column schema of its index) and data version (the latest event of each partition; the
+    bucket with the most samples last, as the asset page shows the latest event), then
     the results of the asset's selected checks over the whole asset.
     Failed buckets: the good buckets' events, then ``dagster.Failure`` naming each failed
     bucket and its reason (a retry of the range recomputes only what is missing).
@@ -218,13 +248,14 @@ def emit_buckets(context: dg.AssetExecutionContext, stage: str, outcomes: list, 
         yield dg.Output(None, metadata={**{k: dg.MetadataValue.int(v) for k, v in totals.items()},
                                         "buckets": dg.MetadataValue.int(len(ok))})
     any_random = False
-    for o in ok:
+    # the asset page's overview shows the latest event: emit the bucket with the most samples last
+    for o in sorted(ok, key=lambda o: (o.report.computed + o.report.reused, o.bucket)):
         o.report.previews = {**bucket_previews(stage, root, o.bucket, params), **o.report.previews}
         md = report_metadata(o.report)
         schema = column_schema(root, stage, o.bucket)
         if schema is not None:
             md["dagster/column_schema"] = schema
-        tags = {DATA_VERSION_TAG: o.report.data_version}
+        tags = {**provenance_tags(context, o.bucket), DATA_VERSION_TAG: o.report.data_version}
         if md.get("weights") is not None and md["weights"].value == RANDOM_WEIGHTS or \
                 random_weights_upstream(root, stage, [o.bucket]):
             md["weights"] = dg.MetadataValue.text(RANDOM_WEIGHTS)
