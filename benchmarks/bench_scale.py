@@ -41,7 +41,8 @@ def layers(n: int, shard_buckets: int) -> dict:
 
     from pipelines.buckets import bucket_ids
     from pipelines.stages.common import run_incremental
-    from pipelines.storage import StageStore, write_index
+    from pipelines.stage_store import StageStore
+    from pipelines.storage import write_index
 
     root = tempfile.mkdtemp(prefix="vf-scale-")
     per = n // NUM_BUCKETS

@@ -18,7 +18,7 @@ import pyarrow as pa
 from PIL import Image, ImageOps
 
 from pipelines.sources import SourceItem
-from pipelines.storage import StageStore
+from pipelines.stage_store import StageStore
 
 
 class BadImage(ValueError):

@@ -7,7 +7,7 @@ from PIL import Image
 
 from pipelines.images import BadImage, center_crop_resize, decode_image, decode_png, ingest, sample_key
 from pipelines.sources import SourceItem, folder_items, manifest_items, sample_items
-from pipelines.storage import StageStore
+from pipelines.stage_store import StageStore
 
 
 def _bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

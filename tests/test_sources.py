@@ -14,7 +14,7 @@ from PIL import Image
 from pipelines.images import decode_image, decode_image_info, ingest
 from pipelines.sources import (EmptySourceError, SourceItem, SourceListing, folder_items, image_extensions,
                                list_source, manifest_items)
-from pipelines.storage import StageStore
+from pipelines.stage_store import StageStore
 
 
 def _frames(n=3, w=100, h=80):

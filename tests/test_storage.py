@@ -6,7 +6,8 @@ import pytest
 
 from pipelines.config import stage_version
 from pipelines.stages.common import run_incremental
-from pipelines.storage import StageStore, atomic_path, read_index, write_index
+from pipelines.stage_store import StageStore
+from pipelines.storage import atomic_path, read_index, write_index
 
 
 def test_atomic_path_leaves_old_file_on_error(tmp_path):
@@ -66,7 +67,7 @@ def test_index_data_version_is_content_hash(tmp_path):
 def test_bucket_store_reads_touch_only_the_parts_holding_the_keys(tmp_path, monkeypatch):
     """A chunk read opens the key map once and then only the parts that hold its keys,
     however many parts the bucket has (O(1) files per chunk)."""
-    import pipelines.storage as S
+    import pipelines.stage_store as S
 
     s = StageStore(tmp_path, "st", "v", bucket="a")
     for i in range(40):

@@ -19,7 +19,8 @@ from pipelines.config import stage_version
 from pipelines.params_schema import result_params  # noqa: F401 (the one home; re-exported)
 from pipelines.engine import BucketJob, BucketOutcome, run_buckets
 from pipelines.stages.specs import STAGES
-from pipelines.storage import (StageStore, fs_path, is_local, read_index, remove_stale_temporaries, write_index,
+from pipelines.stage_store import StageStore
+from pipelines.storage import (fs_path, is_local, read_index, remove_stale_temporaries, write_index,
                                write_quarantine, writer_lock)
 
 log = logging.getLogger("viewforge")

@@ -10,7 +10,8 @@ import torch
 
 from pipelines.stages.common import BucketContext, StageReport, result_params, run_incremental
 from pipelines.stages.ingest import images_float
-from pipelines.storage import StageStore, write_index
+from pipelines.stage_store import StageStore
+from pipelines.storage import write_index
 from pipelines.versions import FEATURES as CODE_VERSION
 
 STAGE = "dinov2_features"

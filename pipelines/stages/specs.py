@@ -41,7 +41,8 @@ class StageSpec:
 
 
 _COMMON = ("pipelines/stages/common.py", "pipelines/stages/specs.py", "pipelines/storage.py", "pipelines/params_schema.py",
-           "pipelines/buckets.py", "pipelines/engine.py", "pipelines/versions.py", "pipelines/config.py")
+           "pipelines/stage_store.py", "pipelines/buckets.py", "pipelines/engine.py", "pipelines/versions.py",
+           "pipelines/config.py")
 
 #: the viewset readers, conventions and crop/normalisation code (pipelines/viewsets is a package)
 _VIEWSET_CODE = ("pipelines/viewsets", "pipelines/camera_conventions.py", "pipelines/stages/viewsets.py")
