@@ -34,7 +34,7 @@ def _deps(stage: str) -> list[str]:
     return list(STAGES[stage].inputs)
 
 
-def _common(stage: str, kinds: set[str], description: str) -> dict:
+def asset_kwargs(stage: str, kinds: set[str], description: str) -> dict:
     spec = STAGES[stage]
     kw = dict(name=stage, group_name=GROUP, code_version=asset_code_version(stage), deps=_deps(stage),
               kinds=kinds, description=description, owners=OWNERS,
@@ -46,7 +46,7 @@ def _common(stage: str, kinds: set[str], description: str) -> dict:
     return kw
 
 
-def _run(context: dg.AssetExecutionContext, stage: str, settings: ViewforgeSettings, params: dict,
+def run_bucketed(context: dg.AssetExecutionContext, stage: str, settings: ViewforgeSettings, params: dict,
          runner: str, resource: str | None = None):
     from pipelines.stages.common import run_partitioned
 
@@ -60,7 +60,7 @@ def _run(context: dg.AssetExecutionContext, stage: str, settings: ViewforgeSetti
     yield from emit_buckets(context, stage, outcomes, params, settings.data_uri())
 
 
-@dg.asset(**_common("source_listing", {"python", "parquet"},
+@dg.asset(**asset_kwargs("source_listing", {"python", "parquet"},
                     "Ingest phase 1: list the source (sample / folder / manifest), sha256 every file, dedup by "
                     "content key, bucket; unreadable files quarantined, non-image files skipped, with reasons."))
 def source_listing(context: dg.AssetExecutionContext, config: SourceConfig,
@@ -73,41 +73,41 @@ def source_listing(context: dg.AssetExecutionContext, config: SourceConfig,
         return to_result(run_listing(settings.data_uri(), params), context, root=settings.data_uri())
 
 
-@dg.asset(**_common("source_images", {"python", "parquet"},
+@dg.asset(**asset_kwargs("source_images", {"python", "parquet"},
                     "Ingest phase 2, per bucket: decode (first frame of multi-frame files), EXIF-orient, RGB, "
                     "centre-crop, LANCZOS resize; bad images quarantined with a reason."))
 def source_images(context: dg.AssetExecutionContext, config: IngestConfig, settings: ViewforgeSettings):
     with clean_failures():
-        yield from _run(context, "source_images", settings, settings.params("ingest", config),
+        yield from run_bucketed(context, "source_images", settings, settings.params("ingest", config),
                         "pipelines.stages.ingest:run_images_bucket")
 
 
-@dg.asset(**_common("depth_maps", {"pytorch", "parquet"},
+@dg.asset(**asset_kwargs("depth_maps", {"pytorch", "parquet"},
                     "Monocular relative disparity (transformers Depth Anything V2) and IVID z-depth, per bucket."))
 def depth_maps(context: dg.AssetExecutionContext, config: DepthConfig, settings: ViewforgeSettings):
     with clean_failures():
-        yield from _run(context, "depth_maps", settings, settings.params("depth", config),
+        yield from run_bucketed(context, "depth_maps", settings, settings.params("depth", config),
                         "pipelines.stages.depth:run_depth_bucket", "pipelines.stages.depth:load_resource")
 
 
-@dg.asset(**_common("warp_pairs", {"pytorch", "parquet"},
+@dg.asset(**asset_kwargs("warp_pairs", {"pytorch", "parquet"},
                     "IVID training pairs: novel camera sampled per (image, view), forward-backward warp, "
                     "condition RGBD with masks; blur and texture-erosion augmentation."))
 def warp_pairs(context: dg.AssetExecutionContext, config: WarpConfig, settings: ViewforgeSettings):
     with clean_failures():
-        yield from _run(context, "warp_pairs", settings, settings.params("warp", config),
+        yield from run_bucketed(context, "warp_pairs", settings, settings.params("warp", config),
                         "pipelines.stages.warp:run_warp_bucket")
 
 
-@dg.asset(**_common("dinov2_features", {"pytorch", "parquet"},
+@dg.asset(**asset_kwargs("dinov2_features", {"pytorch", "parquet"},
                     "DINOv2 (timm) L2-normalised patch tokens and CLS token, also of the mirrored image."))
 def dinov2_features(context: dg.AssetExecutionContext, config: FeaturesConfig, settings: ViewforgeSettings):
     with clean_failures():
-        yield from _run(context, "dinov2_features", settings, settings.params("features", config),
+        yield from run_bucketed(context, "dinov2_features", settings, settings.params("features", config),
                         "pipelines.stages.features:run_features_bucket", "pipelines.stages.features:load_resource")
 
 
-@dg.asset(**_common("pose_clusters", {"faiss", "parquet"},
+@dg.asset(**asset_kwargs("pose_clusters", {"faiss", "parquet"},
                     "MIRAGE pose clusters over all buckets: DINOv2 part discovery, part visibility/location "
                     "descriptors, FAISS k-means poses, mirror pairs, cyclic order, outliers; labels per bucket."))
 def pose_clusters(context: dg.AssetExecutionContext, config: PoseConfig,
@@ -120,16 +120,16 @@ def pose_clusters(context: dg.AssetExecutionContext, config: PoseConfig,
                          root=settings.data_uri())
 
 
-@dg.asset(**_common("training_shards", {"webdataset"},
+@dg.asset(**asset_kwargs("training_shards", {"webdataset"},
                     "Per bucket: deterministic WebDataset tars of IVID pairs (user split, else split by sample-key "
                     "hash) under shards/bucket=<b>/ with the bucket's manifest."))
 def training_shards(context: dg.AssetExecutionContext, config: ShardsConfig, settings: ViewforgeSettings):
     with clean_failures():
-        yield from _run(context, "training_shards", settings, settings.params("shards", config),
+        yield from run_bucketed(context, "training_shards", settings, settings.params("shards", config),
                         "pipelines.stages.shards:run_shards_bucket")
 
 
-@dg.asset(**_common("shard_manifest", {"webdataset", "json"},
+@dg.asset(**asset_kwargs("shard_manifest", {"webdataset", "json"},
                     "Merge the bucket manifests into shards/manifest.json (per-shard sha256, counts, splits, "
                     "content digest); refuses to publish a set that lost most of its samples."))
 def shard_manifest(context: dg.AssetExecutionContext, config: ShardsConfig,

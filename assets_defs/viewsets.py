@@ -4,12 +4,12 @@ viewset_sources -> viewsets[b] -> viewset_shards[b] -> viewset_manifest
 
 Runners and algorithms live in :mod:`pipelines.stages.viewsets`; checks in
 :mod:`pipelines.stages.viewset_checks`. Partitioning, backfill policy, deps and code
-versions come from :data:`pipelines.stages.specs.STAGES` (``assets_defs.assets._common``).
+versions come from :data:`pipelines.stages.specs.STAGES` (``assets_defs.assets.asset_kwargs``).
 """
 
 import dagster as dg
 
-from assets_defs.assets import _common, _run
+from assets_defs.assets import asset_kwargs, run_bucketed
 from assets_defs.metadata import to_result
 from assets_defs.resources import ViewforgeSettings, clean_failures, section_config
 from pipelines.buckets import bucket_ids
@@ -23,7 +23,7 @@ ViewsetShardsConfig = section_config("viewset_shards", "ViewsetShardsConfig")
 
 
 def _kw(stage: str, kinds: set[str], description: str) -> dict:
-    return {**_common(stage, kinds, description), "group_name": GROUP}
+    return {**asset_kwargs(stage, kinds, description), "group_name": GROUP}
 
 
 @dg.asset(**_kw("viewset_sources", {"python", "parquet"},
@@ -36,14 +36,14 @@ def viewset_sources(context: dg.AssetExecutionContext, config: ViewsetSourceConf
     with clean_failures():
         params = settings.params("viewset_source", config)
         params["num_buckets"] = effective_num_buckets(params)
-        return to_result(run_viewset_sources(str(settings.root()), params), context)
+        return to_result(run_viewset_sources(settings.data_uri(), params), context)
 
 
 @dg.asset(**_kw("viewsets", {"pytorch", "parquet"},
                 "Per bucket: decode, object crop (K updated exactly), canonical +z-up world, encode as viewset/1."))
 def viewsets(context: dg.AssetExecutionContext, config: ViewsetsConfig, settings: ViewforgeSettings):
     with clean_failures():
-        yield from _run(context, "viewsets", settings, settings.params("viewsets", config),
+        yield from run_bucketed(context, "viewsets", settings, settings.params("viewsets", config),
                         "pipelines.stages.viewsets:run_viewsets_bucket")
 
 
@@ -52,7 +52,7 @@ def viewsets(context: dg.AssetExecutionContext, config: ViewsetsConfig, settings
                 "viewset_shards/bucket=<b>/ with the bucket's manifest."))
 def viewset_shards(context: dg.AssetExecutionContext, config: ViewsetShardsConfig, settings: ViewforgeSettings):
     with clean_failures():
-        yield from _run(context, "viewset_shards", settings, settings.params("viewset_shards", config),
+        yield from run_bucketed(context, "viewset_shards", settings, settings.params("viewset_shards", config),
                         "pipelines.stages.viewsets:run_viewset_shards_bucket")
 
 
@@ -66,7 +66,7 @@ def viewset_manifest(context: dg.AssetExecutionContext, config: ViewsetShardsCon
     with clean_failures():
         params = settings.params("viewset_shards", config)
         try:
-            report = run_viewset_manifest(str(settings.root()), params, bucket_ids(effective_num_buckets(params)))
+            report = run_viewset_manifest(settings.data_uri(), params, bucket_ids(effective_num_buckets(params)))
         except ShrinkRefused as e:
             raise dg.Failure(description=str(e), allow_retries=False) from e
         return to_result(report, context)
