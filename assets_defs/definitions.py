@@ -6,6 +6,7 @@ import dagster as dg
 from assets_defs.assets import DATA_ASSETS
 from assets_defs.checks import ASSET_CHECKS
 from assets_defs.models import MODEL_ASSETS
+from assets_defs.nvs import NVS_ASSETS
 from assets_defs.resources import ViewforgeSettings
 from assets_defs.sensors import SENSORS
 from assets_defs.viewsets import VIEWSET_ASSETS, VIEWSET_CHECKS
@@ -43,10 +44,16 @@ viewsets_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
     description="Materialize viewset_sources -> viewsets -> viewset_shards -> viewset_manifest.")
 
+#: Multi-view model on the viewset shards and its novel-view report (issue 15; GPU pool ``gpu``).
+viewset_models_job = dg.define_asset_job(
+    "train_and_evaluate_multiview", selection=dg.AssetSelection.assets(*NVS_ASSETS),
+    executor_def=dg.in_process_executor,
+    description="Materialize viewset_models (Dagster Pipes subprocess) -> nvs_reports.")
+
 defs = dg.Definitions(
-    assets=[*DATA_ASSETS, *MODEL_ASSETS, *VIEWSET_ASSETS],
+    assets=[*DATA_ASSETS, *MODEL_ASSETS, *VIEWSET_ASSETS, *NVS_ASSETS],
     asset_checks=[*ASSET_CHECKS, *VIEWSET_CHECKS],
-    jobs=[shards_job, models_job, viewsets_job],
+    jobs=[shards_job, models_job, viewsets_job, viewset_models_job],
     sensors=SENSORS,
     resources={"settings": ViewforgeSettings(), "io_manager": NoStorageIOManager()},
     executor=dg.in_process_executor,

@@ -21,8 +21,10 @@ from pipelines.stages.specs import STAGES, param_sections
 
 log = logging.getLogger("viewforge")
 
-#: model assets: (code version, params sections beyond the shards they read)
-MODEL_ASSETS = {"trained_models": (V.TRAIN, ["profile", "train"]), "eval_reports": (V.EVAL, ["profile", "train", "eval"])}
+#: model assets: (code version, params sections beyond the shards they read; the one home of the
+#: full section lists is pipelines.params_schema.MODEL_PARAM_SECTIONS / ASSET_PARAM_SECTIONS)
+MODEL_ASSETS = {"trained_models": (V.TRAIN, ["profile", "train"]), "eval_reports": (V.EVAL, ["profile", "train", "eval"]),
+                "viewset_models": (V.VIEWSET_TRAIN, []), "nvs_reports": (V.NVS_EVAL, [])}
 
 
 def load_params() -> dict[str, Any]:
@@ -39,7 +41,8 @@ def load_params() -> dict[str, Any]:
 
 def sections_of(asset: str) -> list[str]:
     if asset in MODEL_ASSETS:
-        return sorted(set(param_sections("shard_manifest")) | set(MODEL_ASSETS[asset][1]))
+        from pipelines.params_schema import ASSET_PARAM_SECTIONS
+        return ASSET_PARAM_SECTIONS[asset]
     return param_sections(asset)
 
 

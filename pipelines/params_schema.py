@@ -27,6 +27,8 @@ from pipelines.sources import SOURCE_KINDS
 PROFILES = ("default", "demo", "smoke")
 SMALL_PROFILES = ("demo", "smoke")
 EVAL_PROTOCOLS = ("generation", "novel_view", "view_sweep")
+#: novel-view profiles of the ``nvs_reports`` asset (eval/nvs_protocols.py; reference 6.4)
+NVS_PROFILES = ("co3d_challenge", "viewdiff_single_image", "viewset_single_view", "syncdreamer_ring")
 
 
 def F(default: Any = None, description: str = "", *, results: bool = True, launchpad: bool = True,
@@ -292,6 +294,37 @@ class TrainParams(_Small):
                                       launchpad=False)
 
 
+class ViewsetTrainParams(_Small):
+    """``viewset_train``: the posed multi-view model trained on the viewset shards (issue 15)."""
+    config: str = F("multiview_base", "training/configs/<name>.yaml (model: multiview) or a path to one")
+    max_steps: Optional[int] = F(None, "training steps (null = the config's train.max_steps)", ge=1)
+    overrides: list[str] = F(list, "extra dotted config overrides, e.g. data.adapter=viewset_diffusion")
+    small_profile: dict[str, Any] = F(lambda: {"config": "multiview_tiny", "max_steps": 20},
+                                      "profiles demo/smoke: numbers capped to these values, others replaced",
+                                      launchpad=False)
+
+
+class NvsEvalParams(_Small):
+    """``nvs_eval``: novel-view protocols of the multi-view model (eval/nvs_protocols.py)."""
+    split: str = F("test", "viewset shard split evaluated")
+    profiles: list[Literal[NVS_PROFILES]] = F(lambda: list(NVS_PROFILES), "protocol profiles to run (a profile "
+                                              "the data cannot serve, e.g. a ring on non-ring sources, is reported "
+                                              "as skipped with the reason)", min_length=1)
+    resolution: Optional[int] = F(None, "image side for every profile (null = each profile's own: 256 / 128)", ge=8)
+    n_samples: Optional[int] = F(None, "samples per condition (null = each profile's own: 20, SyncDreamer 1)", ge=1)
+    ddim_steps: int = F(50, "DDIM steps of the sampler", ge=1)
+    max_sequences: Optional[int] = F(100, "sequences per profile at most (null = the whole split)", ge=1)
+    num_pairs: int = F(100, "viewset_single_view: fixed (condition, target) pairs", ge=1)
+    seed: int = F(0, "seed of the stored view selections and of the sampler noise", ge=0)
+    lpips_weights_path: Optional[str] = F(None, "torchvision VGG16 state dict for LPIPS-VGG (else LPIPS is "
+                                          "skipped, and the report says so)")
+    weights: Literal["ema", "model"] = F("ema", "which weights of the checkpoint: EMA or raw")
+    small_profile: dict[str, Any] = F(lambda: {"resolution": 32, "n_samples": 2, "ddim_steps": 3,
+                                               "max_sequences": 2, "num_pairs": 4, "split": "train"},
+                                      "profiles demo/smoke: numbers capped to these values, others replaced",
+                                      launchpad=False)
+
+
 class ExecutionParams(_Section):
     """``execution``: where per-bucket work runs (speed only: never changes results)."""
     engine: Literal["local", "ray"] = F("local", "local: in the Dagster run's process; ray: fan buckets out to "
@@ -320,6 +353,8 @@ class ViewforgeParams(_Section):
     viewset_shards: ViewsetShardsParams = F(ViewsetShardsParams, "viewset WebDataset shards")
     eval: EvalParams = F(EvalParams, "evaluation")
     train: TrainParams = F(TrainParams, "training")
+    viewset_train: ViewsetTrainParams = F(ViewsetTrainParams, "multi-view model training on viewset shards")
+    nvs_eval: NvsEvalParams = F(NvsEvalParams, "novel-view evaluation of the multi-view model")
     execution: ExecutionParams = F(ExecutionParams, "execution engine (speed only)", results=False)
 
     @model_validator(mode="before")
@@ -491,7 +526,11 @@ def result_params(params: Mapping[str, Any], section: str, **extra: Any) -> dict
 
 #: model assets: the sections they add to those of the shard set they read
 MODEL_PARAM_SECTIONS: dict[str, list[str]] = {"trained_models": ["profile", "train"],
-                                              "eval_reports": ["profile", "train", "eval"]}
+                                              "eval_reports": ["profile", "train", "eval"],
+                                              "viewset_models": ["profile", "viewset_train"],
+                                              "nvs_reports": ["profile", "viewset_train", "nvs_eval"]}
+#: model assets that read a shard set other than ``shard_manifest``'s
+MODEL_DATA_ASSET: dict[str, str] = {"viewset_models": "viewset_manifest", "nvs_reports": "viewset_manifest"}
 
 
 @functools.cache
@@ -499,7 +538,7 @@ def _asset_param_sections() -> dict[str, list[str]]:
     from pipelines.stages.specs import STAGES, param_sections   # the stage graph's one home
     out = {name: param_sections(name) for name in STAGES}
     for name, extra in MODEL_PARAM_SECTIONS.items():
-        out[name] = sorted(set(out["shard_manifest"]) | set(extra))
+        out[name] = sorted(set(out[MODEL_DATA_ASSET.get(name, "shard_manifest")]) | set(extra))
     return out
 
 

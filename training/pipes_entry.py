@@ -1,4 +1,6 @@
-"""Dagster Pipes entry point of the ``trained_models`` asset (also runs standalone).
+"""Dagster Pipes entry point of the ``trained_models`` and ``viewset_models`` assets (also
+runs standalone). A ``model: multiview`` config trains the posed multi-view model on viewset
+shards (:mod:`training.multiview_train`); the extras and reports are the same.
 
 Under Dagster (``PipesSubprocessClient().run(command=[python, "-m", "training.pipes_entry"],
 extras={...})``) the parameters come from the Pipes extras::

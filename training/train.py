@@ -8,7 +8,7 @@ Usage::
 
 Config format (YAML; every key optional except ``model``; unknown keys raise)::
 
-    model: first_view          # first_view | novel_view
+    model: first_view          # first_view | novel_view | multiview (training/multiview_train.py)
     resolution: 128            # training side, px
     class_cond: none           # none | pose (MIRAGE pose cluster) | label (class label)
     num_classes: 0             # > 0 with class_cond; the null class is num_classes
@@ -74,7 +74,12 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
 
 
 def parse_config(cfg: dict[str, Any]) -> tuple[ModelConfig, DiffusionConfig, TrainConfig]:
-    """Raw config dict -> dataclasses. Raises ValueError on unknown or invalid keys."""
+    """Raw config dict -> dataclasses. Raises ValueError on unknown or invalid keys.
+    ``model: multiview`` configs go to :func:`training.multiview_train.parse_multiview_train_config`
+    (its ``MultiViewConfig``, ``DiffusionConfig``, ``TrainConfig``)."""
+    if cfg.get("model") == "multiview":
+        from .multiview_train import parse_multiview_train_config
+        return parse_multiview_train_config(cfg)[:3]
     known = {"model", "unet", "diffusion", "train", *_MODEL_TOP}
     unknown = set(cfg) - known
     if unknown:
@@ -91,6 +96,10 @@ def run_training(cfg: dict[str, Any], shards: str | os.PathLike, out: str | os.P
     """Train from a raw config dict; writes ``out/config.yaml``; returns the trainer summary
     (``step``, ``loss``, ``samples_per_s``, ``checkpoint``) plus ``out`` and ``params``."""
     mcfg, dcfg, tcfg = parse_config(cfg)
+    task = None
+    if cfg.get("model") == "multiview":
+        from .multiview_train import parse_multiview_train_config
+        task = parse_multiview_train_config(cfg)[3]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -98,7 +107,7 @@ def run_training(cfg: dict[str, Any], shards: str | os.PathLike, out: str | os.P
         tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
         os.replace(tmp, out / "config.yaml")
     trainer = Trainer(mcfg, dcfg, tcfg, shards, out, progress_callback=progress_callback,
-                      resume="auto" if resume else None)
+                      resume="auto" if resume else None, task=task)
     summary = trainer.train()
     summary.pop("losses", None)
     summary.update(out=str(out), params=trainer.model.num_parameters, world_size=trainer.world)

@@ -106,7 +106,9 @@ class DataStream:
     """
 
     def __init__(self, shards: Any, *, split: str, batch_size: int, seed: int, rank: int,
-                 resampled: bool, shuffle_buffer: int, segment_batches: int, num_workers: int):
+                 resampled: bool, shuffle_buffer: int, segment_batches: int, num_workers: int,
+                 make_dataset: Callable[..., Any] | None = None):
+        self.make_dataset = make_dataset   # None: training.data.make_dataset (a task may supply its own)
         self.shards, self.split, self.batch_size, self.seed, self.rank = shards, split, batch_size, seed, rank
         self.resampled, self.shuffle_buffer = resampled, shuffle_buffer
         self.segment_batches, self.num_workers = segment_batches, num_workers
@@ -115,7 +117,7 @@ class DataStream:
 
     def _open(self, skip: int) -> None:
         from .data import make_dataset
-        ds = make_dataset(self.shards, self.split, batch_size=self.batch_size,
+        ds = (self.make_dataset or make_dataset)(self.shards, self.split, batch_size=self.batch_size,
                           shuffle_buffer=self.shuffle_buffer, seed=_seed(self.seed, "data", self.segment),
                           resampled=self.resampled)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers)
@@ -175,17 +177,24 @@ class Trainer:
             "max_steps", "loss", "lr", "samples_per_s", "elapsed_s"}`` (+ ``"path"``).
         resume: ``"auto"`` (latest checkpoint in ``out_dir`` if any), a checkpoint
             directory, or None (start fresh).
+        task: model-specific hook (build/load model, dataset, loss); None = the IVID models,
+            or :class:`training.multiview_train.MultiViewTask` for ``kind == "multiview"``.
     """
 
     def __init__(self, model_cfg: ModelConfig, diffusion_cfg: DiffusionConfig, train_cfg: TrainConfig,
                  shards: Any, out_dir: str | os.PathLike, *,
-                 progress_callback: Callable[[dict], None] | None = None, resume: str | None = "auto"):
+                 progress_callback: Callable[[dict], None] | None = None, resume: str | None = "auto",
+                 task: Any = None):
         self.mcfg, self.dcfg, self.tcfg = model_cfg, diffusion_cfg, train_cfg
         self.shards, self.out = shards, Path(out_dir)
         self.callback = progress_callback
         self.rank, self.world, self.device = init_distributed()
         torch.manual_seed(_seed(train_cfg.seed, "init"))  # identical init on every rank
-        self.model = build_model(model_cfg).to(self.device)
+        if task is None and model_cfg.kind == "multiview":
+            from .multiview_train import MultiViewTask
+            task = MultiViewTask()
+        self.task = task
+        self.model = (task.build_model if task else build_model)(model_cfg).to(self.device)
         if train_cfg.init_from:
             self._init_from(train_cfg.init_from)
         self.ema = make_ema(self.model, diffusion_cfg.ema_decay)
@@ -213,7 +222,7 @@ class Trainer:
         """Weights from a model dir, a checkpoint (its ``ema/``) or a run dir (latest checkpoint)."""
         p = Path(path)
         p = latest_checkpoint(p) or p
-        src = load_model(p / "ema" if (p / "ema").is_dir() else p)
+        src = (self.task.load_model if self.task else load_model)(p / "ema" if (p / "ema").is_dir() else p)
         if self.mcfg.kind == NOVEL_VIEW and src.config.kind != NOVEL_VIEW:
             init_novel_from_first_view(self.model, src.to(self.device))
         else:
@@ -229,13 +238,16 @@ class Trainer:
         self.model.train()
         total = 0.0
         for micro, batch in enumerate(batches):
-            inputs = model_inputs(batch, self.mcfg.kind, self.device, self.mcfg.resolution)
-            labels = class_labels_from_batch(batch, self.mcfg.class_cond, self.mcfg.num_classes, self.device)
+            if self.task is None:
+                inputs = model_inputs(batch, self.mcfg.kind, self.device, self.mcfg.resolution)
+                labels = class_labels_from_batch(batch, self.mcfg.class_cond, self.mcfg.num_classes, self.device)
             sync = self.ddp is None or micro == len(batches) - 1
             with (contextlib.nullcontext() if sync else self.ddp.no_sync()), \
                     torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                loss = diffusion_loss(net, self.scheduler, inputs, labels, p_uncond=self.dcfg.p_uncond,
-                                      null_class=self.mcfg.null_class, generator=self._generator(micro))
+                loss = (self.task.loss(self.model, net, self.scheduler, batch, self.device, self._generator(micro))
+                        if self.task else
+                        diffusion_loss(net, self.scheduler, inputs, labels, p_uncond=self.dcfg.p_uncond,
+                                       null_class=self.mcfg.null_class, generator=self._generator(micro)))
             (loss / len(batches)).backward()
             total += loss.item()
         if self.tcfg.grad_clip > 0:
@@ -265,7 +277,8 @@ class Trainer:
         if self.stream is None:
             self.stream = DataStream(self.shards, split=t.split, batch_size=t.batch_size, seed=t.seed,
                                      rank=self.rank, resampled=t.resampled, shuffle_buffer=t.shuffle_buffer,
-                                     segment_batches=t.segment_steps * t.grad_accum, num_workers=t.num_workers)
+                                     segment_batches=t.segment_steps * t.grad_accum, num_workers=t.num_workers,
+                                     make_dataset=self.task.dataset_factory(self.mcfg) if self.task else None)
             if self._data_states is not None:
                 if len(self._data_states) == self.world:
                     self.stream.load_state_dict(self._data_states[self.rank])
@@ -357,7 +370,8 @@ class Trainer:
                         "ema": ema_state}, tmp / "optimizer.pt")
             torch.save(rng, tmp / "rng.pt")
             state = {"step": self.step, "seed": self.tcfg.seed, "world_size": self.world, "data": data,
-                     "model": self.mcfg.to_dict(), "diffusion": self.dcfg.to_dict(), "train": asdict(self.tcfg)}
+                     "model": self.mcfg.to_dict(), "diffusion": self.dcfg.to_dict(), "train": asdict(self.tcfg),
+                     **({"task": self.task.to_dict()} if self.task else {})}
             (tmp / "state.json").write_text(json.dumps(state, indent=2))
             if final.exists():
                 shutil.rmtree(final)
@@ -376,9 +390,9 @@ class Trainer:
         """Restore weights, EMA, optimizer, LR scheduler, step, data positions and RNG."""
         p = Path(path)
         state = json.loads((p / "state.json").read_text())
-        src = load_model(p / "model")
-        self.model.unet.load_state_dict(src.unet.state_dict())
-        ema_sd = load_model(p / "ema").unet.state_dict()
+        load = self.task.load_model if self.task else load_model
+        self.model.unet.load_state_dict(load(p / "model").unet.state_dict())
+        ema_sd = load(p / "ema").unet.state_dict()
         names = [n for n, _ in self.model.unet.named_parameters()]
         with torch.no_grad():
             for shadow, n in zip(self.ema.shadow_params, names):
