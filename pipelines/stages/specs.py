@@ -40,7 +40,7 @@ class StageSpec:
     gpu: bool = False
 
 
-_COMMON = ("pipelines/stages/common.py", "pipelines/stages/specs.py", "pipelines/storage.py", "pipelines/params_schema.py",
+_COMMON = ("pipelines/stages/common.py", "pipelines/stages/specs.py", "pipelines/storage.py", "pipelines/params_schema.py", "pipelines/params_sections.py",
            "pipelines/stage_store.py", "pipelines/buckets.py", "pipelines/engine.py", "pipelines/versions.py",
            "pipelines/config.py")
 
