@@ -297,7 +297,8 @@ def cluster_poses_streaming(read_chunks: Callable[[], Iterable[Chunk]], *, num_p
                             max_points: int = 200_000, location_weight: float = 1.0,
                             visibility_threshold: float = 0.02, outlier_percentile: float = 95.0,
                             all_foreground: bool = False, restarts: int = 5, niter: int = 25,
-                            location_frame: str = "object", num_threads: int | None = None) -> PoseClustering:
+                            location_frame: str = "object", num_threads: int | None = None,
+                            keep_part_labels: bool = True) -> PoseClustering:
     """Part discovery and pose clustering over features read chunk by chunk (two passes).
 
     Args:
@@ -312,10 +313,13 @@ def cluster_poses_streaming(read_chunks: Callable[[], Iterable[Chunk]], *, num_p
             descriptors the pose k-means trains on (all are assigned).
         num_threads: faiss OpenMP threads during the call (restored after); None keeps
             faiss' default (all cores; oversubscribed or shared cores can be 10x slower).
+        keep_part_labels: keep the [N, h, w] part labels in the result; False (the stage at
+            scale) keeps only the descriptors, and ``part_labels`` is None.
         Others: see params.yaml ``pose:`` and the module docstring.
 
     Memory: the token sample (<= 2 * max_points float16 rows), then per chunk; kept are
-    descriptors [N, 3P] float32 (twice with flipped) and part labels [N, h, w] int8.
+    descriptors [N, 3P] float32 (twice with flipped) and, with ``keep_part_labels``, part
+    labels [N, h, w] int8 (2.6 GB at 10 M images of 16 x 16 tokens).
 
     Raises:
         ValueError: no chunks, inconsistent shapes, None-ness that changes between chunks,
@@ -331,10 +335,11 @@ def cluster_poses_streaming(read_chunks: Callable[[], Iterable[Chunk]], *, num_p
     with _omp_threads(num_threads):
         return _cluster(read_chunks, num_parts, num_poses, seed, _use_gpu(use_gpu), max_points, kw,
                         dict(restarts=restarts, niter=niter, outlier_percentile=outlier_percentile),
-                        all_foreground)
+                        all_foreground, keep_part_labels)
 
 
-def _cluster(read_chunks, num_parts, num_poses, seed, gpu, max_points, kw, km_kw, all_foreground):
+def _cluster(read_chunks, num_parts, num_poses, seed, gpu, max_points, kw, km_kw, all_foreground,
+             keep_part_labels=True):
     t0, warn = time.perf_counter(), []
     sample, first = _Sample(max_points, seed), None
     for patch, flipped, fg in read_chunks():
@@ -379,13 +384,17 @@ def _cluster(read_chunks, num_parts, num_poses, seed, gpu, max_points, kw, km_kw
             lab[~np.asarray(fgm, bool).ravel()] = -1
         return lab.reshape(t.shape[:3])
 
-    parts, desc, fdesc = [], [], []
+    parts, desc, fdesc, fg_tokens, tokens = [], [], [], 0, 0
     for patch, flipped, fg in read_chunks():
-        parts.append(label(patch, fg))
-        desc.append(describe(parts[-1], p, **kw))
+        lab = label(patch, fg)
+        fg_tokens, tokens = fg_tokens + int((lab >= 0).sum()), tokens + lab.size
+        if keep_part_labels:
+            parts.append(lab)
+        desc.append(describe(lab, p, **kw))
         if has_flip:
             fdesc.append(describe(label(flipped, None if fg is None else fg[:, :, ::-1]), p, **kw))
-    part_labels, descriptors = np.concatenate(parts), np.concatenate(desc)
+    part_labels = np.concatenate(parts) if keep_part_labels else None
+    descriptors = np.concatenate(desc)
     del parts, desc
     if num_poses > len(descriptors):
         warn.append(f"num_poses clamped from {num_poses} to N={len(descriptors)}")
@@ -397,7 +406,7 @@ def _cluster(read_chunks, num_parts, num_poses, seed, gpu, max_points, kw, km_kw
         **out, part_labels=part_labels, descriptors=descriptors, part_centroids=pc.astype(np.float32),
         pca_mean=mean, pca_component=comp, num_poses_requested=num_poses, foreground_source=source,
         mirror_source="flipped_features" if has_flip else "descriptor_mirror",
-        foreground_fraction=float((part_labels >= 0).mean()), warnings=warn,
+        foreground_fraction=fg_tokens / max(tokens, 1), warnings=warn,
         timings=dict(sample_and_pca=t1 - t0, part_kmeans=t2 - t1, descriptors=t3 - t2, pose_kmeans=t4 - t3))
 
 

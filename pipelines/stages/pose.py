@@ -125,7 +125,7 @@ def _fit(root, params, feats, per_bucket, fit_version) -> StageReport:
         read_chunks, num_parts=int(p["num_parts"]), num_poses=int(p["num_poses"]), seed=seed,
         max_points=int(p["max_points"]), outlier_percentile=float(p["outlier_percentile"]),
         all_foreground=bool(p["all_foreground"]), restarts=int(p["restarts"]), niter=int(p.get("niter", 25)),
-        num_threads=p.get("num_threads"), **_label_kw(p))
+        num_threads=p.get("num_threads"), keep_part_labels=False, **_label_kw(p))
     k = int(res.centroids.shape[0])
     save_index(res, f"{out}/centroids.faiss")
     pct = float(p["outlier_percentile"])
