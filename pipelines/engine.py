@@ -93,6 +93,20 @@ def run_buckets(job: BucketJob, buckets: Sequence[str], params: dict[str, Any],
     return sorted(outcomes, key=lambda o: o.bucket)
 
 
+def run_map(fn: Callable[..., Any], args: Sequence[tuple], params: dict[str, Any]) -> list[Any]:
+    """``[fn(*a) for a in args]`` with the configured engine: in-process, or one Ray task per
+    argument tuple (``fn`` module-level). Results in argument order; an exception propagates
+    (for pure, cheap per-chunk work such as hashing, not for buckets: see :func:`run_buckets`)."""
+    cfg = execution_config(params)
+    if cfg["engine"] != "ray" or len(args) < 2:
+        return [fn(*a) for a in args]
+    import ray
+
+    ray_init(cfg)
+    task = ray.remote(num_cpus=1)(fn)
+    return ray.get([task.remote(*a) for a in args])
+
+
 def ray_init(cfg: dict[str, Any]) -> None:
     """Connect to (or start) the Ray cluster of ``cfg`` once per process.
 

@@ -49,37 +49,70 @@ def relative_source_path(uri: str, source_root: str | None) -> str:
     return os.path.basename(uri)
 
 
+def hash_files(uris: Sequence[str], previous: dict[str, tuple[int, int, str]] | None = None
+               ) -> list[tuple[int, int, str, bool] | str]:
+    """Per uri: ``(size, mtime_ns, key, hashed)`` or the reason it is unreadable (a str).
+
+    A file whose size and mtime equal ``previous[uri]`` keeps its key unread
+    (``hashed=False``). Pure per-file work: :func:`hash_listing` fans chunks of it out.
+    """
+    previous = previous or {}
+    out: list[tuple[int, int, str, bool] | str] = []
+    for uri in uris:
+        try:
+            st = os.stat(uri)
+            size, mtime = int(st.st_size), int(st.st_mtime_ns)
+            prev = previous.get(uri)
+            if prev is not None and prev[0] == size and prev[1] == mtime:
+                out.append((size, mtime, prev[2], False))
+            else:
+                with open(uri, "rb") as f:
+                    out.append((size, mtime, sample_key(f.read()), True))
+        except OSError as e:
+            out.append(f"unreadable file: {e.strerror or e}")
+    return out
+
+
+def _hash_chunk(uris: list[str], previous: dict[str, tuple[int, int, str]]) -> list:
+    return hash_files(uris, previous)
+
+
 def hash_listing(items: Sequence[SourceItem], *, source_root: str | None = None,
-                 previous: dict[str, tuple[int, int, str]] | None = None) -> Listing:
+                 previous: dict[str, tuple[int, int, str]] | None = None,
+                 params: dict | None = None, chunk_size: int = 4096) -> Listing:
     """Hash and deduplicate ``items`` (in order).
+
+    Hashing runs in chunks of ``chunk_size`` files through the engine of
+    ``params['execution']`` (:func:`pipelines.engine.run_map`: in-process, or Ray tasks);
+    deduplication then keeps the first file of each key in listing order, so the result
+    does not depend on the engine.
 
     Args:
         items: the source listing (:func:`pipelines.sources.list_source`).
         source_root: directory the recorded ``source_path`` is relative to.
         previous: ``uri -> (size, mtime_ns, key)`` of the last listing; a file whose size and
             mtime are unchanged keeps its key unread.
+        params: run parameters (for the engine); None = in-process.
 
     Returns:
         :class:`Listing`. Never raises for a bad file (unreadable: quarantined).
     """
+    from pipelines.engine import run_map
+
     previous = previous or {}
+    items = list(items)
+    chunks = [[i.uri for i in items[j:j + chunk_size]] for j in range(0, len(items), chunk_size)]
+    hashed = run_map(_hash_chunk, [(c, {u: previous[u] for u in c if u in previous}) for c in chunks], params or {})
     cols: dict[str, list] = {n: [] for n in LISTING_SCHEMA.names}
     first: dict[str, str] = {}
     out = Listing(LISTING_SCHEMA.empty_table())
-    for order, item in enumerate(items):
-        try:
-            st = os.stat(item.uri)
-            size, mtime = int(st.st_size), int(st.st_mtime_ns)
-            prev = previous.get(item.uri)
-            if prev is not None and prev[0] == size and prev[1] == mtime:
-                key = prev[2]
-                out.reused += 1
-            else:
-                key = sample_key(item.read_bytes())
-                out.hashed += 1
-        except OSError as e:
-            out.quarantine.append({"uri": item.uri, "reason": f"unreadable file: {e.strerror or e}"})
+    for order, (item, res) in enumerate(zip(items, (r for rs in hashed for r in rs))):
+        if isinstance(res, str):
+            out.quarantine.append({"uri": item.uri, "reason": res})
             continue
+        size, mtime, key, was_hashed = res
+        out.hashed += int(was_hashed)
+        out.reused += int(not was_hashed)
         if key in first:
             out.duplicates.append({"uri": item.uri, "reason": f"duplicate of {first[key]}"})
             continue

@@ -130,3 +130,27 @@ def test_fifo_is_skipped_not_read(tmp_path):
     assert [r["reason"] for r in listing.skipped] == ["not a regular file (fifo, socket or device)"]
     (tmp_path / "m.csv").write_text("path\na.png\npipe.png\n")
     assert len(manifest_items(tmp_path / "m.csv").skipped) == 1
+
+
+def test_hash_listing_chunks_keep_listing_order_dedup_and_reuse(tmp_path):
+    """Hashing fans out in chunks; dedup keeps the first file in listing order whatever the
+    chunking, and unchanged (size, mtime) files are not read again."""
+    from pipelines.listing import hash_listing
+    from pipelines.sources import SourceItem
+
+    paths = []
+    for i, data in enumerate([b"a", b"b", b"a", b"c", b"b", b"d", b"e"]):
+        p = tmp_path / f"f{i}.bin"
+        p.write_bytes(data)
+        paths.append(p)
+    items = [SourceItem(str(p)) for p in paths] + [SourceItem(str(tmp_path / "missing.bin"))]
+    one = hash_listing(items, chunk_size=100)
+    many = hash_listing(items, chunk_size=2)
+    assert one.table.equals(many.table)
+    assert one.table.column("uri").to_pylist() == [str(paths[i]) for i in (0, 1, 3, 5, 6)]
+    assert [d["uri"] for d in many.duplicates] == [str(paths[2]), str(paths[4])]
+    assert len(many.quarantine) == 1 and "unreadable" in many.quarantine[0]["reason"]
+    prev = {u: (s, m, k) for u, s, m, k in zip(*(one.table.column(c).to_pylist()
+                                                 for c in ("uri", "size", "mtime_ns", "key")))}
+    again = hash_listing(items, previous=prev, chunk_size=3)
+    assert (again.hashed, again.reused) == (2, 5) and again.table.equals(one.table)

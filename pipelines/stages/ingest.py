@@ -66,7 +66,8 @@ def run_listing(root: Any, params: dict[str, Any]) -> StageReport:
         if src.get("kind") == "manifest" and src.get("path"):
             import os
             source_root = os.path.dirname(os.path.abspath(src["path"]))
-        res = hash_listing(list(listing), source_root=source_root, previous=_previous_listing(root))
+        res = hash_listing(list(listing), source_root=source_root, previous=_previous_listing(root), params=params,
+                           chunk_size=int(params.get("chunk_size", 256)))
         version = stage_version(LISTING, STAGES[LISTING].code_version, {"source": src, "num_buckets": n}, {})
         keys = res.table.column("key").to_pylist()
         labels = sorted({x for x in res.table.column("label").to_pylist() if x is not None})
