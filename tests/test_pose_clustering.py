@@ -180,3 +180,17 @@ def test_cycle_order_and_descriptor_clustering():
     assert len(out["centroids"]) == 100 and out["sizes"].sum() == 100
     with pytest.raises(ValueError):
         cluster_descriptors(x[:0])
+
+
+def test_assign_poses_reproduces_the_fit_for_its_own_images(views, result):
+    """Assigning the fitted images with the stored model (part centroids, PCA test, pose
+    centroids) gives the fit's labels and descriptor distances: new images get labels by
+    the same rule, and known images would never be relabelled."""
+    from pipelines.pose_assign import assign_poses
+
+    labels, dist, outlier = assign_poses(result, views["feats"], outlier_distance=float(np.inf), **{
+        k: v for k, v in FAST.items() if k in ("location_weight", "visibility_threshold", "location_frame")})
+    assert (labels == result.labels).mean() > 0.99
+    np.testing.assert_allclose(dist[labels == result.labels], result.distances[labels == result.labels],
+                               rtol=1e-4, atol=1e-5)
+    assert not outlier.any()

@@ -73,7 +73,8 @@ def _label_kw(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _assign_new(root, params, feats, per_bucket, fit_version) -> StageReport:
-    from pipelines.pose_clustering import PoseClustering, assign_poses
+    from pipelines.pose_assign import assign_poses
+    from pipelines.pose_clustering import PoseClustering
 
     m = dict(np.load(io.BytesIO(read_bytes(f"{root}/{STAGE}/model.npz"))))
     model = PoseClustering(**{k: None for k in PoseClustering.__dataclass_fields__ if k not in (
