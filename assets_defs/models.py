@@ -8,7 +8,6 @@ import sys
 
 import dagster as dg
 
-import pipelines.versions as V
 from assets_defs.assets import shard_manifest
 from assets_defs.versions import asset_code_version
 from assets_defs.metadata import to_result

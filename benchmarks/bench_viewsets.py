@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             rows.append((px, n, m))
-    print(f"| px | sequences | views | seconds | sequences/s | views/s | listing s | MB written | peak RSS MB |")
+    print("| px | sequences | views | seconds | sequences/s | views/s | listing s | MB written | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for px, n, m in rows:
         print(f"| {px} | {m['sequences']} | {m['views']} | {m['seconds']:.1f} | {m['sequences'] / m['seconds']:.2f} | "

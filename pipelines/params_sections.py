@@ -349,7 +349,9 @@ class ViewforgeParams(_Section):
     @classmethod
     def _null_sections(cls, data: Any) -> Any:
         if isinstance(data, Mapping):
-            data = {k: ({} if v is None and k in SECTIONS else v) for k, v in data.items()}
+            sections = {k for k, f in cls.model_fields.items()
+                        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+            data = {k: ({} if v is None and k in sections else v) for k, v in data.items()}
         return data
 
     @field_validator("num_buckets")

@@ -180,3 +180,8 @@ def test_weights_error_says_how_to_run_the_demo():
         resolve_weights(local=None, hub_id=None, param_local="depth.local_dir", param_hub="depth.model",
                         load_local=None, load_hub=None, make_random=None, profile="default")
     assert "depth.local_dir" in str(e.value)
+
+
+def test_null_sections_take_their_defaults():
+    p = S.validate_params({"pose": None, "warp": None})
+    assert p["pose"] == S.validate_params({})["pose"] and p["warp"]["padding"] is None

@@ -124,7 +124,7 @@ def test_files_follow_the_umask_and_errors_name_the_path(tmp_path):
     finally:
         os.umask(old)
     with pytest.raises(OSError, match="f.bin"):
-        with atomic_path(tmp_path / "f.bin") as tmp:
+        with atomic_path(tmp_path / "f.bin"):
             raise OSError(28, "No space left on device")
 
 

@@ -4,12 +4,10 @@ stock webdataset, determinism. Fixtures: SRN objects in their exact on-disk form
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
-import pytest
 import torch
 import webdataset as wds
 

@@ -19,7 +19,7 @@ def materialized_buckets(root: Path) -> list[str]:
     return list(read_index(root, "source_listing")[1].get("buckets", []))
 
 
-def stage_table(root: Path, stage: str, name: str = "index") -> tuple["pa.Table", dict[str, Any]]:
+def stage_table(root: Path, stage: str, name: str = "index") -> tuple[Any, dict[str, Any]]:
     """A stage's index (or quarantine, ``name="quarantine"``) over all buckets, concatenated
     (buckets not materialized are skipped), and the info of its last bucket."""
     import pyarrow as pa

@@ -1,7 +1,6 @@
 """Runner of the ``dinov2_features`` stage (see :mod:`pipelines.features`)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -11,8 +10,6 @@ import torch
 from pipelines.stages.common import BucketContext, StageReport, result_params, run_incremental
 from pipelines.stages.ingest import images_float
 from pipelines.stage_store import StageStore
-from pipelines.storage import write_index
-from pipelines.versions import FEATURES as CODE_VERSION
 
 STAGE = "dinov2_features"
 FEATURE_SCHEMA = pa.schema([("key", pa.string()), ("grid_h", pa.int32()), ("grid_w", pa.int32()),

@@ -54,7 +54,6 @@ def run_pose(root: Any, params: dict[str, Any], buckets: list[str]) -> StageRepo
     """
     feats = [open_input(root, "dinov2_features", b) for b in buckets]
     per_bucket = [sorted(f.keys) for f in feats]
-    p = dict(params["pose"])
     seed = int(params.get("seed", 0))
     fit_version = stage_version(STAGE, CODE_VERSION, {**result_params(params, "pose"), "seed": seed},
                                 {"dinov2_features": stable_hash(sorted({f.version for f in feats}))})

@@ -15,8 +15,6 @@ from pipelines.images import decode_png, encode_png, load_images
 from pipelines.previews import grid_png
 from pipelines.stages.common import BucketContext, StageReport, result_params, run_incremental
 from pipelines.stages.ingest import images_float
-from pipelines.storage import write_index
-from pipelines.versions import WARP as CODE_VERSION
 
 STAGE = "warp_pairs"
 log = logging.getLogger(__name__)

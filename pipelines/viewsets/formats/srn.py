@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
 from pipelines.camera_conventions import corner_to_centre, opencv_c2w_to_w2c, pinhole_K
 from pipelines.viewsets.io import read_rgba, require
