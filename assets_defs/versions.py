@@ -21,10 +21,9 @@ from pipelines.stages.specs import STAGES, param_sections
 
 log = logging.getLogger("viewforge")
 
-#: model assets: (code version, params sections beyond the shards they read; the one home of the
-#: full section lists is pipelines.params_schema.MODEL_PARAM_SECTIONS / ASSET_PARAM_SECTIONS)
-MODEL_ASSETS = {"trained_models": (V.TRAIN, ["profile", "train"]), "eval_reports": (V.EVAL, ["profile", "train", "eval"]),
-                "viewset_models": (V.VIEWSET_TRAIN, []), "nvs_reports": (V.NVS_EVAL, [])}
+#: model assets -> code version (their params sections: pipelines.params_schema.ASSET_PARAM_SECTIONS)
+MODEL_ASSETS = {"trained_models": V.TRAIN, "eval_reports": V.EVAL, "viewset_models": V.VIEWSET_TRAIN,
+                "nvs_reports": V.NVS_EVAL}
 
 
 def load_params() -> dict[str, Any]:
@@ -48,7 +47,7 @@ def sections_of(asset: str) -> list[str]:
 
 def asset_code_version(asset: str, params: dict[str, Any] | None = None) -> str:
     """``"<stage code version>+p<hash of its result parameters>"`` (see module docstring)."""
-    code = MODEL_ASSETS[asset][0] if asset in MODEL_ASSETS else STAGES[asset].code_version
+    code = MODEL_ASSETS[asset] if asset in MODEL_ASSETS else STAGES[asset].code_version
     p = load_params() if params is None else params
     try:
         return params_code_version(code, p, sections_of(asset))

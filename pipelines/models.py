@@ -15,10 +15,12 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from pipelines.params_sections import SMALL_PROFILES
+
 log = logging.getLogger("viewforge")
 
 RANDOM_WEIGHTS = "random (not meaningful)"
-RANDOM_OK_PROFILES = ("demo", "smoke")
+RANDOM_OK_PROFILES = SMALL_PROFILES   # profiles that may fall back to tiny random models
 RANDOM_WEIGHTS_SEED = 0
 """Seed of every tiny random fallback model: two demo/smoke runs produce identical outputs."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import REPO_ROOT, stable_hash
-from pipelines.models import RANDOM_OK_PROFILES
+from pipelines.params_schema import effective_section
 from pipelines.stages.common import StageReport
 from pipelines.storage import write_json_atomic
 from pipelines.versions import TRAIN as CODE_VERSION
@@ -56,9 +56,7 @@ def plan_training(root: Path, params: dict[str, Any]) -> TrainPlan:
     Raises:
         FileNotFoundError: no shard manifest (materialize ``training_shards`` first).
     """
-    tp = dict(params.get("train") or {})
-    if params.get("profile") in RANDOM_OK_PROFILES:
-        tp.update(tp.get("small_profile") or {})
+    tp = effective_section(params, "train")      # small_profile applied in the demo / smoke profiles
     manifest = Path(root) / "shards" / "manifest.json"
     if not manifest.exists():
         raise FileNotFoundError(f"{manifest} not found: materialize `training_shards` first")
