@@ -20,7 +20,6 @@ from assets_defs.metadata import emit_buckets, to_result
 from assets_defs.resources import (DepthConfig, FeaturesConfig, IngestConfig, PoseConfig, ShardsConfig, SourceConfig,
                                    ViewforgeSettings, WarpConfig, clean_failures)
 from assets_defs.versions import asset_code_version, bucket_partitions
-from pipelines.buckets import bucket_ids
 from pipelines.params_schema import effective_num_buckets
 from pipelines.stages.specs import STAGES
 
@@ -46,10 +45,28 @@ def asset_kwargs(stage: str, kinds: set[str], description: str) -> dict:
     return kw
 
 
+def buckets_of(params: dict) -> list[str]:
+    """All bucket ids for ``params`` (``num_buckets``; 16 in demo / smoke).
+
+    Raises:
+        dagster.Failure: they differ from this code location's partitions (which were built
+            from params.yaml and ``$VIEWFORGE_PROFILE`` when it loaded).
+    """
+    n = effective_num_buckets(params)
+    keys = PARTITIONS.get_partition_keys()
+    if len(keys) != n:
+        raise dg.Failure(description=f"The run's parameters ask for {n} buckets (num_buckets / profile "
+                                     f"{params.get('profile')!r}) but this code location's partitions have {len(keys)}. "
+                                     "Set num_buckets and VIEWFORGE_PROFILE before starting Dagster (then reload "
+                                     "definitions) so both agree.", allow_retries=False)
+    return keys
+
+
 def run_bucketed(context: dg.AssetExecutionContext, stage: str, settings: ViewforgeSettings, params: dict,
-         runner: str, resource: str | None = None):
+                 runner: str, resource: str | None = None):
     from pipelines.stages.common import run_partitioned
 
+    buckets_of(params)
     buckets = list(context.partition_keys)
     outcomes = run_partitioned(stage, settings.data_uri(), params, buckets, runner=runner, resource=resource,
                                device=settings.device,
@@ -69,7 +86,7 @@ def source_listing(context: dg.AssetExecutionContext, config: SourceConfig,
 
     with clean_failures():
         params = settings.params("source", config)
-        params["num_buckets"] = effective_num_buckets(params)
+        params["num_buckets"] = len(buckets_of(params))
         return to_result(run_listing(settings.data_uri(), params), context, root=settings.data_uri())
 
 
@@ -116,7 +133,7 @@ def pose_clusters(context: dg.AssetExecutionContext, config: PoseConfig,
 
     with clean_failures():
         params = settings.params("pose", config)
-        return to_result(run_pose(settings.data_uri(), params, bucket_ids(effective_num_buckets(params))), context,
+        return to_result(run_pose(settings.data_uri(), params, buckets_of(params)), context,
                          root=settings.data_uri())
 
 
@@ -139,7 +156,7 @@ def shard_manifest(context: dg.AssetExecutionContext, config: ShardsConfig,
     with clean_failures():
         params = settings.params("shards", config)
         try:
-            report = run_manifest(settings.data_uri(), params, bucket_ids(effective_num_buckets(params)))
+            report = run_manifest(settings.data_uri(), params, buckets_of(params))
         except ShrinkRefused as e:
             raise dg.Failure(description=str(e), allow_retries=False) from e
         return to_result(report, context, root=settings.data_uri())

@@ -9,11 +9,9 @@ versions come from :data:`pipelines.stages.specs.STAGES` (``assets_defs.assets.a
 
 import dagster as dg
 
-from assets_defs.assets import asset_kwargs, run_bucketed
+from assets_defs.assets import asset_kwargs, buckets_of, run_bucketed
 from assets_defs.metadata import to_result
 from assets_defs.resources import ViewforgeSettings, clean_failures, section_config
-from pipelines.buckets import bucket_ids
-from pipelines.params_schema import effective_num_buckets
 from pipelines.stages import viewset_checks as C
 
 GROUP = "viewsets"
@@ -35,7 +33,7 @@ def viewset_sources(context: dg.AssetExecutionContext, config: ViewsetSourceConf
 
     with clean_failures():
         params = settings.params("viewset_source", config)
-        params["num_buckets"] = effective_num_buckets(params)
+        params["num_buckets"] = len(buckets_of(params))
         return to_result(run_viewset_sources(settings.data_uri(), params), context)
 
 
@@ -66,7 +64,7 @@ def viewset_manifest(context: dg.AssetExecutionContext, config: ViewsetShardsCon
     with clean_failures():
         params = settings.params("viewset_shards", config)
         try:
-            report = run_viewset_manifest(settings.data_uri(), params, bucket_ids(effective_num_buckets(params)))
+            report = run_viewset_manifest(settings.data_uri(), params, buckets_of(params))
         except ShrinkRefused as e:
             raise dg.Failure(description=str(e), allow_retries=False) from e
         return to_result(report, context)

@@ -133,3 +133,13 @@ def test_definitions_load_and_validate():
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert node.code_version and node.group_name and node.description, key
+
+
+def test_bucket_count_must_match_the_code_locations_partitions():
+    from assets_defs.assets import buckets_of
+
+    n = len(BUCKETS)
+    assert buckets_of({"num_buckets": n, "profile": "default"}) == BUCKETS
+    other = 4096 if n != 4096 else 256
+    with pytest.raises(dg.Failure, match="VIEWFORGE_PROFILE"):
+        buckets_of({"num_buckets": other, "profile": "default"})
