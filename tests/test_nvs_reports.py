@@ -118,22 +118,33 @@ def test_ring_and_co3d_profiles():
 
 
 def test_dagster_viewset_shards_to_models_to_nvs_reports(tmp_path, monkeypatch):
-    """Viewset shards by the viewset stage runners (the functions the viewset assets call; the
-    code location's bucket partitions need not match the smoke profile's 16), then Dagster:
-    viewset_models (Pipes subprocess, multiview_tiny) -> nvs_reports (smoke profile)."""
+    """End to end through Dagster on test fixtures (SRN cars): viewset_sources ->
+    viewsets[b] -> viewset_shards[b] -> viewset_manifest over the code location's bucket
+    range, then viewset_models (Pipes subprocess, multiview_tiny) -> nvs_reports."""
+    from assets_defs.assets import PARTITIONS
     from assets_defs.definitions import NoStorageIOManager
+    from assets_defs.demo import range_tags
     from assets_defs.nvs import NVS_ASSETS
     from assets_defs.resources import ViewforgeSettings
-    from test_multiview_train import build_viewset_root
+    from assets_defs.viewsets import VIEWSET_ASSETS
+    import viewset_fixtures as F
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     root = tmp_path / "data"
-    build_viewset_root(root, cars=(0, 1), n=6)
-    settings = ViewforgeSettings(data_root=str(root), profile="smoke")
+    src = tmp_path / "src" / "cars_train"
+    for i in (0, 1):
+        F.write_srn(src / f"car{i}", n=6, size=24, seed=i)
+    keys = PARTITIONS.get_partition_keys()         # the buckets the code location loaded with
+    settings = ViewforgeSettings(data_root=str(root), profile="smoke" if len(keys) == 16 else None)
     res_cfg = {"settings": settings, "io_manager": NoStorageIOManager()}
-    run_config = {"ops": {"viewset_models": {"config": {"max_steps": 2}},
-                          "nvs_reports": {"config": {"n_samples": 2, "ddim_steps": 2, "resolution": 16}}}}
+    shards = dg.materialize(VIEWSET_ASSETS, resources=res_cfg, tags=range_tags(keys), raise_on_error=False,
+                            run_config={"ops": {"viewset_sources": {"config": {"root": str(src), "format": "srn"}},
+                                                "viewset_shards": {"config": {"maxcount": 2}}}})
+    assert shards.success
+    run_config = {"ops": {"viewset_models": {"config": {"config": "multiview_tiny", "max_steps": 2}},
+                          "nvs_reports": {"config": {"n_samples": 2, "ddim_steps": 2, "resolution": 16,
+                                                     "max_sequences": 2, "num_pairs": 4, "split": "train"}}}}
     res = dg.materialize(NVS_ASSETS, resources=res_cfg, run_config=run_config, raise_on_error=False)
     assert res.success, [e.event_specific_data.error.message for e in res.all_events
                          if e.event_type_value == "STEP_FAILURE"]
