@@ -28,9 +28,6 @@ from typing import Any, Callable, Sequence
 
 log = logging.getLogger("viewforge")
 
-ENGINES = ("local", "ray")
-
-
 @dataclass
 class BucketOutcome:
     """What one bucket produced: ``report`` (a :class:`pipelines.stages.common.StageReport`)
@@ -69,12 +66,15 @@ class BucketJob:
 
 
 def execution_config(params: dict[str, Any]) -> dict[str, Any]:
-    """``params['execution']`` with defaults; raises ValueError for an unknown engine."""
-    cfg = {"engine": "local", "address": None, "num_cpus": None, "num_gpus_per_actor": 1.0,
-           **(params.get("execution") or {})}
-    if cfg["engine"] not in ENGINES:
-        raise ValueError(f"execution.engine must be one of {ENGINES}; got {cfg['engine']!r}")
-    return cfg
+    """``params['execution']`` validated and completed with the schema's defaults
+    (:class:`pipelines.params_sections.ExecutionParams`).
+
+    Raises:
+        pipelines.params_schema.ParamsError: an unknown engine or invalid value.
+    """
+    from pipelines.params_schema import validate_section
+
+    return validate_section("execution", params.get("execution"))
 
 
 def run_buckets(job: BucketJob, buckets: Sequence[str], params: dict[str, Any],
