@@ -22,7 +22,7 @@ from pipelines.images import decode_png, load_images
 from pipelines.sample_schema import IVID_PAIR
 from pipelines.shards import combine_content_digests
 from pipelines.shard_manifest import MANIFEST_NAME, MANIFEST_SCHEMA_VERSION, manifest_digest, split_totals
-from pipelines.stages.common import BucketContext, StageReport, Timer, chunked
+from pipelines.stages.common import BucketContext, StageReport, Timer, chunked, result_params
 from pipelines.storage import exists, read_bytes, write_json_atomic, writer_lock
 from pipelines.config import stable_hash
 
@@ -48,7 +48,7 @@ def run_shards_bucket(ctx: BucketContext) -> StageReport:
     from pipelines.shard_manifest import verify
     from pipelines.shards import write_shards
 
-    sp = {k: v for k, v in ctx.params["shards"].items() if k not in ("min_kept_fraction", "allow_shrink")}
+    sp = result_params(ctx.params, "shards")        # guards (min_kept_fraction, allow_shrink) excluded
     imgs, dep, warp, pose = (ctx.inputs[s] for s in ("source_images", "depth_maps", "warp_pairs", "pose_clusters"))
     out = f"{ctx.root}/{SHARD_DIR}/bucket={ctx.bucket}"
     pt = pose.table
