@@ -141,8 +141,15 @@ def pose_clusters(context: dg.AssetExecutionContext, config: PoseConfig,
                     "Per bucket: deterministic WebDataset tars of IVID pairs (user split, else split by sample-key "
                     "hash) under shards/bucket=<b>/ with the bucket's manifest."))
 def training_shards(context: dg.AssetExecutionContext, config: ShardsConfig, settings: ViewforgeSettings):
+    from pipelines.stages.shards import ShrinkRefused, guard_shrink
+
     with clean_failures():
-        yield from run_bucketed(context, "training_shards", settings, settings.params("shards", config),
+        params = settings.params("shards", config)
+        try:
+            guard_shrink(settings.data_uri(), params, list(context.partition_keys), buckets_of(params))
+        except ShrinkRefused as e:
+            raise dg.Failure(description=str(e), allow_retries=False) from e
+        yield from run_bucketed(context, "training_shards", settings, params,
                         "pipelines.stages.shards:run_shards_bucket")
 
 

@@ -49,8 +49,16 @@ def viewsets(context: dg.AssetExecutionContext, config: ViewsetsConfig, settings
                 "Per bucket: deterministic WebDataset tars of viewsets (source split, else key hash) under "
                 "viewset_shards/bucket=<b>/ with the bucket's manifest."))
 def viewset_shards(context: dg.AssetExecutionContext, config: ViewsetShardsConfig, settings: ViewforgeSettings):
+    from pipelines.stages.shards import ShrinkRefused, guard_shrink
+
     with clean_failures():
-        yield from run_bucketed(context, "viewset_shards", settings, settings.params("viewset_shards", config),
+        params = settings.params("viewset_shards", config)
+        try:
+            guard_shrink(settings.data_uri(), params, list(context.partition_keys), buckets_of(params),
+                         source="viewsets", shard_dir="viewset_shards", section="viewset_shards")
+        except ShrinkRefused as e:
+            raise dg.Failure(description=str(e), allow_retries=False) from e
+        yield from run_bucketed(context, "viewset_shards", settings, params,
                         "pipelines.stages.viewsets:run_viewset_shards_bucket")
 
 

@@ -194,3 +194,27 @@ def test_fully_cached_model_stages_never_build_the_model(reference, photos, tiny
         reports = run_stage(stage, str(root), params)
         assert totals(reports) == {"computed": 0, "reused": 10, "failed": 0}, stage
         assert not any(r.metadata["model_loaded"] for r in reports.values()), stage
+
+
+def test_a_set_that_lost_most_samples_is_not_published_unless_allowed(tmp_path, photos, tiny_depth_dir,
+                                                                      tiny_dinov2_path):
+    from pipelines.stages.shards import ShrinkRefused
+
+    src = tmp_path / "src"
+    shutil.copytree(photos, src)
+    root = str(tmp_path / "data")
+    run_data_graph(root, params_for(src, tiny_depth_dir, tiny_dinov2_path))
+    before = (tmp_path / "data" / "shards" / "manifest.json").read_bytes()
+    for p in sorted(src.glob("img*.png"))[2:]:
+        p.unlink()                                   # 8 of 10 images vanish (e.g. a wrong source path)
+    with pytest.raises(ShrinkRefused, match=r"refusing to publish 4 samples in place of the current 20"):
+        run_data_graph(root, params_for(src, tiny_depth_dir, tiny_dinov2_path))
+    assert (tmp_path / "data" / "shards" / "manifest.json").read_bytes() == before
+    assert verify(tmp_path / "data" / "shards" / "manifest.json").ok      # no bucket's shards were touched
+    with pytest.raises(ShrinkRefused):
+        run_stage("training_shards", root, params_for(src, tiny_depth_dir, tiny_dinov2_path))
+    allowed = params_for(src, tiny_depth_dir, tiny_dinov2_path, shards={"allow_shrink": True})
+    run_stage("training_shards", root, allowed)
+    run_stage("shard_manifest", root, allowed)
+    m = json.loads((tmp_path / "data" / "shards" / "manifest.json").read_text())
+    assert sum(s["count"] for s in m["shards"]) == 4 and verify(tmp_path / "data" / "shards" / "manifest.json").ok

@@ -45,6 +45,10 @@ def run_stage(stage: str, root: Any, params: dict[str, Any], buckets: list[str] 
         return run_pose(root, params, bucket_ids(n))
     if stage == "shard_manifest":
         return run_manifest(root, params, bucket_ids(n))
+    if stage == "training_shards":
+        from pipelines.stages.shards import guard_shrink
+
+        guard_shrink(root, params, buckets, bucket_ids(n))
     runner, resource = RUNNERS[stage]
     outcomes = run_partitioned(stage, root, params, buckets, runner=runner, resource=resource, device=device)
     bad = [o for o in outcomes if o.error]

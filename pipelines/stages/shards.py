@@ -115,6 +115,47 @@ def run_shards_bucket(ctx: BucketContext) -> StageReport:
                                  "bytes": sum(s["bytes"] for s in manifest["shards"])})
 
 
+def _published_total(merged_path: str) -> int:
+    return sum(s["count"] for s in json.loads(read_bytes(merged_path)).get("shards", [])) if exists(merged_path) else 0
+
+
+def _refuse_shrink(total: int, old_total: int, sp: dict[str, Any], section: str) -> None:
+    kept = float(sp.get("min_kept_fraction", 0.5))
+    if old_total and total < kept * old_total and not sp.get("allow_shrink", False):
+        raise ShrinkRefused(
+            f"refusing to publish {total} samples in place of the current {old_total} (less than "
+            f"{section}.min_kept_fraction={kept}); check upstream failures and parameters, or set "
+            f"{section}.allow_shrink: true to publish it anyway")
+
+
+def guard_shrink(root: Any, params: dict[str, Any], run_buckets: list[str], all_buckets: list[str], *,
+                 source: str = "warp_pairs", shard_dir: str = SHARD_DIR, section: str = "shards") -> None:
+    """Refuse a shard run *before any bucket's shards are rewritten* when the set it would
+    publish lost more than ``<section>.min_kept_fraction`` of the published samples.
+
+    The projected total counts, for the buckets of this run, the rows of their ``source``
+    index (one row = one shard sample: a pair, or a viewset), and for the other buckets their
+    current bucket manifests. Raises :class:`ShrinkRefused` unless ``<section>.allow_shrink``.
+    """
+    from pipelines.storage import read_index
+
+    old_total = _published_total(f"{root}/{shard_dir}/{MANIFEST_NAME}")
+    if not old_total:
+        return
+    run = set(run_buckets)
+    total = 0
+    for b in all_buckets:
+        if b in run:
+            try:
+                total += read_index(root, source, b)[0].num_rows
+            except FileNotFoundError:
+                pass
+        else:
+            path = f"{root}/{shard_dir}/bucket={b}/{MANIFEST_NAME}"
+            total += sum(s["count"] for s in json.loads(read_bytes(path))["shards"]) if exists(path) else 0
+    _refuse_shrink(total, old_total, params[section], section)
+
+
 def run_manifest(root: Any, params: dict[str, Any], buckets: list[str], *, stage: str = MERGE,
                  upstream: str = STAGE, shard_dir: str = SHARD_DIR, section: str = "shards") -> StageReport:
     """Merge the bucket manifests of ``buckets`` into ``<shard_dir>/manifest.json``.
@@ -149,14 +190,7 @@ def run_manifest(root: Any, params: dict[str, Any], buckets: list[str], *, stage
         splits = sorted(sp["split_fractions"])
         total = sum(s["count"] for s in shards)
         merged_path = f"{out}/{MANIFEST_NAME}"
-        if exists(merged_path):
-            old_total = sum(s["count"] for s in json.loads(read_bytes(merged_path)).get("shards", []))
-            kept = float(sp.get("min_kept_fraction", 0.5))
-            if old_total and total < kept * old_total and not sp.get("allow_shrink", False):
-                raise ShrinkRefused(
-                    f"refusing to publish {total} samples in place of the current {old_total} (less than "
-                    f"{section}.min_kept_fraction={kept}); check upstream failures and parameters, or set "
-                    f"{section}.allow_shrink: true to publish it anyway")
+        _refuse_shrink(total, _published_total(merged_path), sp, section)
         manifest = {"schema_version": MANIFEST_SCHEMA_VERSION, "sample_schema": sample_schema,
                     "dataset_version": stable_hash({"buckets": buckets, "versions": versions}),
                     "params": {"fractions": dict(sp["split_fractions"]), "maxcount": sp["maxcount"],

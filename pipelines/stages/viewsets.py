@@ -413,6 +413,10 @@ def run_viewset_graph(root: Any, params: dict[str, Any]) -> dict[str, Any]:
     n = effective_num_buckets(params)
     out: dict[str, Any] = {LISTING: run_viewset_sources(root, {**params, "num_buckets": n})}
     for stage, runner in ((STAGE, "run_viewsets_bucket"), (SHARDS, "run_viewset_shards_bucket")):
+        if stage == SHARDS:
+            from pipelines.stages.shards import guard_shrink
+
+            guard_shrink(root, params, bucket_ids(n), bucket_ids(n), source=STAGE, shard_dir=SHARDS, section=SHARDS)
         oc = run_partitioned(stage, root, params, bucket_ids(n), runner=f"{__name__}:{runner}")
         bad = [o for o in oc if o.error]
         if bad:
