@@ -8,6 +8,7 @@ buckets out with :func:`pipelines.engine.run_buckets` (in-process or Ray).
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 import logging
 import time
 from dataclasses import dataclass, field
@@ -137,8 +138,11 @@ class _BucketFn:
         spec = STAGES[self.stage]
         inputs = {s: open_input(self.root, s, bucket) for s in spec.inputs}   # every input is stored per bucket
         with writer_lock(self.root, self.stage, bucket, timeout=float(self.params.get("lock_timeout", 0))):
-            if is_local(self.root):
-                remove_stale_temporaries(fs_path(f"{self.root}/{self.stage}/bucket={bucket}")[1])
+            if is_local(self.root):      # under the lock: no live writer owns these temporaries
+                local = Path(fs_path(self.root)[1])
+                for d in [local / self.stage / f"bucket={bucket}",
+                          *(local / "cache" / self.stage).glob(f"*/bucket={bucket}")]:
+                    remove_stale_temporaries(d)
             t0 = time.perf_counter()
             ctx = BucketContext(self.root, self.params, bucket, inputs, resource, self.device)
             report = _resolve(self.runner)(ctx)
