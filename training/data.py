@@ -251,7 +251,18 @@ def make_dataset(manifest_or_dir: str | Path, split: str, *, batch_size: int | N
     schema = get_schema(manifest.get("sample_schema"))
     if not schema.name.startswith("ivid_pair/"):
         raise ValueError(f"make_dataset reads IVID pair shards, this set is {schema.name!r}")
-    urls = _split_urls(manifest, root, split)
+    ds, epoch, _ = seeded_shards(_split_urls(manifest, root, split), seed=seed, resampled=resampled,
+                              shuffle_buffer=shuffle_buffer, epoch_shuffle=epoch_shuffle)
+    return batched_with_epoch(ds.map(_PairOutput(schema.name)), batch_size, epoch)
+
+
+def seeded_shards(urls: list[str], *, seed: int, resampled: bool, shuffle_buffer: int,
+                  epoch_shuffle: bool) -> tuple[wds.WebDataset, _Epoch, _Epoch | None]:
+    """The shard-level pipeline every loader shares: shards split by node and worker (shuffled
+    identically on all ranks per (seed, epoch)), or resampled deterministically per rank /
+    worker / epoch, then an optional seeded sample shuffle. Returns ``(dataset, epoch,
+    epoch_source)``: ``epoch.set`` becomes the dataset's ``set_epoch``; ``epoch_source`` is
+    what seeds mix in (None when ``epoch_shuffle`` is False)."""
     epoch, node = _Epoch(), _NodeInfo()
     ep = epoch if epoch_shuffle else None
     ds = wds.WebDataset(urls, resampled=resampled, shardshuffle=False,
@@ -266,7 +277,12 @@ def make_dataset(manifest_or_dir: str | Path, split: str, *, batch_size: int | N
                                              deterministic=True)
     if shuffle_buffer > 0:
         ds.append(_SeededShuffle(shuffle_buffer, seed, ep, node))
-    ds = ds.map(_PairOutput(schema.name))
+    return ds, epoch, ep
+
+
+def batched_with_epoch(ds: wds.WebDataset, batch_size: int | None, epoch: _Epoch) -> wds.WebDataset:
+    """``collate`` batches (partial last batch kept) when ``batch_size`` is set, and the
+    ``set_epoch(epoch)`` method the loaders document."""
     if batch_size is not None:
         ds = ds.batched(batch_size, collation_fn=collate, partial=True)
     ds.set_epoch = epoch.set

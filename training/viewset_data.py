@@ -35,7 +35,7 @@ from pipelines.sample_schema import VIEWSET, get_schema
 from pipelines.shard_manifest import read_manifest
 from pipelines.viewsets.normalise import Similarity, viewdiff_normalisation, viewset_diffusion_normalisation
 from pipelines.viewsets.ring import RING_NAME, syncdreamer_ring
-from training.data import _Epoch, _NodeInfo, _SeededShuffle, _ShuffledSplitByNode, _split_urls, _WorkerSeed, collate
+from training.data import _Epoch, _split_urls, batched_with_epoch, seeded_shards
 
 
 def view_rng(key: str, epoch: int, seed: int) -> np.random.Generator:
@@ -249,19 +249,7 @@ def make_viewset_dataset(manifest_or_dir: str | Path, split: str, adapter: str |
         if adapter not in ADAPTERS:
             raise ValueError(f"adapter must be one of {sorted(ADAPTERS)}, got {adapter!r}")
         adapter = ADAPTERS[adapter](**adapter_kwargs)
-    urls = _split_urls(manifest, root, split)
-    epoch, node = _Epoch(), _NodeInfo()
-    ep = epoch if epoch_shuffle else None
-    ds = wds.WebDataset(urls, resampled=resampled, shardshuffle=False,
-                        nodesplitter=(wds.split_by_node if resampled else
-                                      _ShuffledSplitByNode(seed, ep, shuffle_buffer > 0, node)),
-                        workersplitter=wds.split_by_worker, empty_check=False, seed=seed)
-    if resampled:
-        ds.pipeline[0] = wds.ResampledShards(urls, seed=seed, worker_seed=_WorkerSeed(ep, node), deterministic=True)
-    if shuffle_buffer > 0:
-        ds.append(_SeededShuffle(shuffle_buffer, seed, ep, node))
-    ds = ds.map(_Adapt(adapter, seed, ep))
-    if batch_size is not None:
-        ds = ds.batched(batch_size, collation_fn=collate, partial=True)
-    ds.set_epoch = epoch.set
-    return ds
+    ds, epoch, ep = seeded_shards(_split_urls(manifest, root, split), seed=seed, resampled=resampled,
+                              shuffle_buffer=shuffle_buffer, epoch_shuffle=epoch_shuffle)
+    return batched_with_epoch(ds.map(_Adapt(adapter, seed, ep)), batch_size, epoch)
+
