@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.models.attention_processor import Attention
 from torch import nn
@@ -41,6 +40,7 @@ from torch import nn
 from pipelines.rays import RAY_EMBEDDINGS, ray_embedding
 
 from .models import config_from_dict, to_model_range
+from .view_attention import ViewGroupAttnProcessor
 
 MULTIVIEW = "multiview"
 RGB_CHANNELS = 3
@@ -126,7 +126,7 @@ def parse_multiview_config(cfg: dict[str, Any]):
             TrainConfig.from_dict(cfg.get("train") or {}))
 
 
-class CrossViewAttnProcessor:
+class CrossViewAttnProcessor(ViewGroupAttnProcessor):
     """diffusers attention processor: self-attention over the tokens of all views of a sample.
 
     The batch is read as ``B`` groups of ``num_views`` consecutive images (one viewset each).
@@ -144,39 +144,11 @@ class CrossViewAttnProcessor:
     def __init__(self, num_views: int = 1):
         self.num_views = num_views
 
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
-                 attention_mask=None, temb=None, *args, **kwargs) -> torch.Tensor:
-        if encoder_hidden_states is not None or attention_mask is not None:
-            raise ValueError("CrossViewAttnProcessor supports unmasked self-attention only")
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        ndim = hidden_states.ndim
-        if ndim == 4:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-        bv, n, _ = hidden_states.shape
-        v = self.num_views
-        if bv % v:
-            raise ValueError(f"batch {bv} is not a multiple of num_views={v}")
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        q, k, val = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        hd = k.shape[-1] // attn.heads
-        # [B*V, N, C] -> [B, V*N, heads, hd] -> [B, heads, V*N, hd]
-        q, k, val = (t.reshape(bv // v, v * n, attn.heads, hd).transpose(1, 2) for t in (q, k, val))
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        out = F.scaled_dot_product_attention(q, k, val, dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2).reshape(bv, n, attn.heads * hd).to(q.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if ndim == 4:
-            out = out.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+    def regroup(self, q, k, v):
+        """[B*V, N, C] -> [B, V*N, C]: one token sequence per sample, all views."""
+        bv, n, c = q.shape
+        g = self._check(bv)
+        return tuple(t.reshape(g, self.num_views * n, c) for t in (q, k, v))
 
 
 def build_multiview_unet(cfg: MultiViewConfig) -> UNet2DModel:

@@ -28,12 +28,13 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.attention_processor import Attention
 
 from pipelines.camera import intrinsics_from_fov, invert_rigid, novel_camera
 from pipelines.warping import depth_edge, forward_warp
 
 from .diffusion import DiffusionConfig, make_ddim_scheduler
+from .view_attention import ViewGroupAttnProcessor
 from .models import FIRST_VIEW, NovelViewModel, RGBDDiffusionModel, from_model_range, to_model_range
 
 #: IVID's 3x9 grid: yaw in {0, +-0.15, ..., +-0.6} (outer) x pitch in {0, +-0.15} (inner), radians.
@@ -318,7 +319,7 @@ def sample_poses(model: RGBDDiffusionModel, poses: Sequence[int], *, num_objects
     return from_model_range(x).reshape(num_objects, V, 4, h, w)
 
 
-class CrossFrameAttnProcessor(AttnProcessor2_0):
+class CrossFrameAttnProcessor(ViewGroupAttnProcessor):
     """Self-attention whose keys/values come from a reference view (MIRAGE, ViewDiff,
     Text2Video-Zero ``CrossFrameAttnProcessor``).
 
@@ -332,49 +333,18 @@ class CrossFrameAttnProcessor(AttnProcessor2_0):
     """
 
     def __init__(self, num_views: int, ref_index: int = 0, mode: str = "reference"):
-        super().__init__()
         if mode not in ("reference", "concat") or not 0 <= ref_index < num_views:
             raise ValueError(f"bad cross-frame settings: mode={mode!r}, ref_index={ref_index}, views={num_views}")
         self.num_views, self.ref_index, self.mode = num_views, ref_index, mode
 
     def _ref(self, t: torch.Tensor) -> torch.Tensor:
-        b = t.shape[0]
-        if b % self.num_views:
-            raise ValueError(f"batch {b} is not a multiple of num_views={self.num_views}")
-        g = t.view(b // self.num_views, self.num_views, *t.shape[1:])
+        g = t.view(self._check(t.shape[0]), self.num_views, *t.shape[1:])
         ref = g[:, self.ref_index:self.ref_index + 1].expand_as(g).reshape(t.shape)
         return ref if self.mode == "reference" else torch.cat([t, ref], dim=1)
 
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
-                 attention_mask=None, temb=None, *args, **kwargs) -> torch.Tensor:
-        if encoder_hidden_states is not None or attention_mask is not None:
-            raise ValueError("CrossFrameAttnProcessor supports unmasked self-attention only")
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        ndim = hidden_states.ndim
-        if ndim == 4:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-        b = hidden_states.shape[0]
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        key, value = self._ref(attn.to_k(hidden_states)), self._ref(attn.to_v(hidden_states))
-        hd = key.shape[-1] // attn.heads
-        query, key, value = (t.view(b, -1, attn.heads, hd).transpose(1, 2) for t in (query, key, value))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        out = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2).reshape(b, -1, attn.heads * hd).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if ndim == 4:
-            out = out.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+    def regroup(self, q, k, v):
+        """Queries per image; keys/values from the reference view (or own + reference)."""
+        return q, self._ref(k), self._ref(v)
 
 
 @contextlib.contextmanager
