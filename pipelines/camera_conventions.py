@@ -131,6 +131,17 @@ def _half_wh(image_hw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return W / 2.0, H / 2.0, np.minimum(W, H) / 2.0
 
 
+def _ndc_scales(image_hw, intrinsics_format: str):
+    """(W/2, H/2, sx, sy): pixels per NDC unit, ``min(W, H)/2`` on both axes for
+    ``ndc_isotropic``, ``(W/2, H/2)`` for ``ndc_norm_image_bounds``. Raises ValueError otherwise."""
+    hw2, hh2, s = _half_wh(image_hw)
+    if intrinsics_format == "ndc_isotropic":
+        return hw2, hh2, s, s
+    if intrinsics_format == "ndc_norm_image_bounds":
+        return hw2, hh2, hw2, hh2
+    raise ValueError(f"intrinsics_format must be one of {NDC_FORMATS}, got {intrinsics_format!r}")
+
+
 def ndc_to_pixel_intrinsics(focal, principal_point, image_hw,
                             intrinsics_format: str = "ndc_isotropic") -> np.ndarray:
     """PyTorch3D NDC focal length / principal point -> pixel K (centre convention).
@@ -150,13 +161,7 @@ def ndc_to_pixel_intrinsics(focal, principal_point, image_hw,
     Raises: ValueError: unknown format or non-positive size.
     """
     f, p = _f64(focal), _f64(principal_point)
-    hw2, hh2, s = _half_wh(image_hw)
-    if intrinsics_format == "ndc_isotropic":
-        sx = sy = s
-    elif intrinsics_format == "ndc_norm_image_bounds":
-        sx, sy = hw2, hh2
-    else:
-        raise ValueError(f"intrinsics_format must be one of {NDC_FORMATS}, got {intrinsics_format!r}")
+    hw2, hh2, sx, sy = _ndc_scales(image_hw, intrinsics_format)
     K = pinhole_K(f[..., 0] * sx, f[..., 1] * sy, hw2 - p[..., 0] * sx, hh2 - p[..., 1] * sy)
     return corner_to_centre(K)
 
@@ -171,13 +176,7 @@ def pixel_to_ndc_intrinsics(K, image_hw, intrinsics_format: str = "ndc_isotropic
     Returns: (focal [..., 2], principal_point [..., 2]) float64 NDC.
     """
     Kc = centre_to_corner(K)
-    hw2, hh2, s = _half_wh(image_hw)
-    if intrinsics_format == "ndc_isotropic":
-        sx = sy = s
-    elif intrinsics_format == "ndc_norm_image_bounds":
-        sx, sy = hw2, hh2
-    else:
-        raise ValueError(f"intrinsics_format must be one of {NDC_FORMATS}, got {intrinsics_format!r}")
+    hw2, hh2, sx, sy = _ndc_scales(image_hw, intrinsics_format)
     focal = np.stack(np.broadcast_arrays(Kc[..., 0, 0] / sx, Kc[..., 1, 1] / sy), -1)
     pp = np.stack(np.broadcast_arrays(-(Kc[..., 0, 2] - hw2) / sx, -(Kc[..., 1, 2] - hh2) / sy), -1)
     return focal, pp
