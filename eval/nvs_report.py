@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from eval.report import _fmt, _html_table, png_bytes
+from eval.report import _fmt, _html_table, add_notes, html_page, png_bytes
 from pipelines.storage import write_bytes_atomic, write_json_atomic
 from pipelines.text import escape_md, md_table
 
@@ -133,14 +133,8 @@ def write_nvs_report(out_dir: str | Path, *, header: dict[str, Any], records: li
             if cut:
                 md += [f"*first {MAX_MD_ROWS} of {len(rows) - 1} rows; all in tables/{escape_md(prof)}_{tname}.csv*", ""]
             hb += [f"<h3>{tname.replace('_', ' ')}</h3>", _html_table(rows)]
-    if notes:
-        md += ["## Notes", ""] + [f"- {escape_md(n)}" for n in notes] + [""]
-        hb += ["<h2>Notes</h2><ul>"] + [f"<li>{html.escape(n)}</li>" for n in notes] + ["</ul>"]
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}img{max-width:100%;display:block;"
-             "image-rendering:pixelated;margin:.5em 0}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(hb)}</body></html>")
+    add_notes(md, hb, notes)
+    page = html_page(title, hb, "img{image-rendering:pixelated}")
     text = "\n".join(md)
     paths["report.md"] = write_bytes_atomic(out / "report.md", text.encode())
     paths["report.html"] = write_bytes_atomic(out / "report.html", page.encode())

@@ -169,15 +169,24 @@ def render(results: Sequence[ProtocolResult], header: dict[str, Any], notes: Seq
             md += [md_img(name), ""]
             hb.append(html_img(name))
         md.append(f"*{escape_md(r.name)}: {r.seconds:.1f} s*\n")
+    add_notes(md, hb, notes)
+    return "\n".join(md), html_page(title, hb, ".warn{background:#fdd;padding:.5em;font-weight:bold}")
+
+
+def add_notes(md: list[str], hb: list[str], notes: Sequence[str]) -> None:
+    """Append a "Notes" section (user strings escaped) to Markdown lines and HTML parts."""
     if notes:
         md += ["## Notes", ""] + [f"- {escape_md(n)}" for n in notes] + [""]
         hb += ["<h2>Notes</h2><ul>"] + [f"<li>{html.escape(n)}</li>" for n in notes] + ["</ul>"]
+
+
+def html_page(title: str, body: Sequence[str], extra_style: str = "") -> str:
+    """A self-contained HTML report page (title escaped; ``body`` parts already HTML)."""
     style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}img{max-width:100%;display:block;"
-             "margin:.5em 0}.warn{background:#fdd;padding:.5em;font-weight:bold}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(hb)}</body></html>")
-    return "\n".join(md), page
+             "margin:.5em 0}" + extra_style)
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
 def write_report(results: Sequence[ProtocolResult], out_dir: str | Path, *, header: dict[str, Any],
