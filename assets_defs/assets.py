@@ -141,14 +141,11 @@ def pose_clusters(context: dg.AssetExecutionContext, config: PoseConfig,
                     "Per bucket: deterministic WebDataset tars of IVID pairs (user split, else split by sample-key "
                     "hash) under shards/bucket=<b>/ with the bucket's manifest."))
 def training_shards(context: dg.AssetExecutionContext, config: ShardsConfig, settings: ViewforgeSettings):
-    from pipelines.stages.shards import ShrinkRefused, guard_shrink
+    from pipelines.stages.shards import guard_shrink
 
     with clean_failures():
         params = settings.params("shards", config)
-        try:
-            guard_shrink(settings.data_uri(), params, list(context.partition_keys), buckets_of(params))
-        except ShrinkRefused as e:
-            raise dg.Failure(description=str(e), allow_retries=False) from e
+        guard_shrink(settings.data_uri(), params, list(context.partition_keys), buckets_of(params))
         yield from run_bucketed(context, "training_shards", settings, params,
                         "pipelines.stages.shards:run_shards_bucket")
 
@@ -158,14 +155,11 @@ def training_shards(context: dg.AssetExecutionContext, config: ShardsConfig, set
                     "content digest); refuses to publish a set that lost most of its samples."))
 def shard_manifest(context: dg.AssetExecutionContext, config: ShardsConfig,
                    settings: ViewforgeSettings) -> dg.MaterializeResult:
-    from pipelines.stages.shards import ShrinkRefused, run_manifest
+    from pipelines.stages.shards import run_manifest
 
     with clean_failures():
         params = settings.params("shards", config)
-        try:
-            report = run_manifest(settings.data_uri(), params, buckets_of(params))
-        except ShrinkRefused as e:
-            raise dg.Failure(description=str(e), allow_retries=False) from e
+        report = run_manifest(settings.data_uri(), params, buckets_of(params))
         return to_result(report, context, root=settings.data_uri())
 
 

@@ -142,12 +142,18 @@ def clean_failures() -> Iterator[None]:
     """Turn expected failures inside an asset body into a short ``dagster.Failure``:
     invalid parameters (:class:`ParamsError`), weights that cannot be resolved
     (``WeightsUnavailableError``: its message names the parameters and the demo profile)
-    and a missing upstream result (``FileNotFoundError``: materialize upstream first)."""
+    a missing upstream result (``FileNotFoundError``: materialize upstream first), a shard
+    set that would lose most of its samples (``ShrinkRefused``) and a bucket another run is
+    writing (``LockedError``); the messages say what to do."""
     from pipelines.models import WeightsUnavailableError
+    from pipelines.stages.shards import ShrinkRefused
+    from pipelines.storage import LockedError
     try:
         yield
     except ParamsError as e:
         raise params_failure(e) from e
+    except (ShrinkRefused, LockedError) as e:
+        raise dg.Failure(description=str(e), allow_retries=False, metadata={"error": type(e).__name__}) from e
     except WeightsUnavailableError as e:
         raise dg.Failure(description=str(e), allow_retries=False, metadata={
             "error": "weights unavailable", "profile": os.environ.get("VIEWFORGE_PROFILE", ""),

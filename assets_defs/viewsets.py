@@ -49,15 +49,12 @@ def viewsets(context: dg.AssetExecutionContext, config: ViewsetsConfig, settings
                 "Per bucket: deterministic WebDataset tars of viewsets (source split, else key hash) under "
                 "viewset_shards/bucket=<b>/ with the bucket's manifest."))
 def viewset_shards(context: dg.AssetExecutionContext, config: ViewsetShardsConfig, settings: ViewforgeSettings):
-    from pipelines.stages.shards import ShrinkRefused, guard_shrink
+    from pipelines.stages.shards import guard_shrink
 
     with clean_failures():
         params = settings.params("viewset_shards", config)
-        try:
-            guard_shrink(settings.data_uri(), params, list(context.partition_keys), buckets_of(params),
-                         source="viewsets", shard_dir="viewset_shards", section="viewset_shards")
-        except ShrinkRefused as e:
-            raise dg.Failure(description=str(e), allow_retries=False) from e
+        guard_shrink(settings.data_uri(), params, list(context.partition_keys), buckets_of(params),
+                     source="viewsets", shard_dir="viewset_shards", section="viewset_shards")
         yield from run_bucketed(context, "viewset_shards", settings, params,
                         "pipelines.stages.viewsets:run_viewset_shards_bucket")
 
@@ -66,16 +63,12 @@ def viewset_shards(context: dg.AssetExecutionContext, config: ViewsetShardsConfi
                 "Merge the viewset bucket manifests into viewset_shards/manifest.json."))
 def viewset_manifest(context: dg.AssetExecutionContext, config: ViewsetShardsConfig,
                      settings: ViewforgeSettings) -> dg.MaterializeResult:
-    from pipelines.stages.shards import ShrinkRefused
     from pipelines.stages.viewsets import run_viewset_manifest
 
     with clean_failures():
         params = settings.params("viewset_shards", config)
-        try:
-            report = run_viewset_manifest(settings.data_uri(), params, buckets_of(params))
-        except ShrinkRefused as e:
-            raise dg.Failure(description=str(e), allow_retries=False) from e
-        return to_result(report, context)
+        report = run_viewset_manifest(settings.data_uri(), params, buckets_of(params))
+        return to_result(report, context, root=settings.data_uri())
 
 
 def _check(asset, fn, name: str, description: str):
