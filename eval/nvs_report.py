@@ -16,14 +16,12 @@ Layout of ``out_dir``::
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from eval.report import _fmt, _html_table, add_notes, html_page, png_bytes
+from eval.report import _fmt, _html_table, add_notes, csv_bytes, html_page, png_bytes
 from pipelines.storage import write_bytes_atomic, write_json_atomic
 from pipelines.text import escape_md, md_table
 
@@ -63,14 +61,6 @@ def _table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
     return [head] + [[_fmt(r[k]) if r[k] is not None else "n/a" for k in head] for r in rows]
 
 
-def _csv(rows: Sequence[dict[str, Any]]) -> bytes:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue().encode()
-
-
 def write_nvs_report(out_dir: str | Path, *, header: dict[str, Any], records: list[dict[str, Any]],
                      skipped: list[dict[str, Any]], tables: dict[str, dict[str, list[dict[str, Any]]]],
                      strips: dict[str, bytes | Any], notes: Sequence[str],
@@ -95,7 +85,7 @@ def write_nvs_report(out_dir: str | Path, *, header: dict[str, Any], records: li
         for tname, rows in tabs.items():
             if rows:
                 paths[f"tables/{prof}_{tname}.csv"] = write_bytes_atomic(out / "tables" / f"{prof}_{tname}.csv",
-                                                                         _csv(rows))
+                                                                         csv_bytes(rows))
     tree = metrics_tree(records)
     paths["metrics.json"] = write_json_atomic(out / "metrics.json", tree)
     paths["report.json"] = write_json_atomic(out / "report.json", json.loads(json.dumps(

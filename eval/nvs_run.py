@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from eval import nvs_metrics as NM
 from eval import nvs_protocols as P
 from eval.nvs_report import write_nvs_report
-from pipelines.config import deep_merge, load_params, stable_hash
+from pipelines.config import load_params, stable_hash
 from pipelines.models import pick_device
 from pipelines.params_schema import effective_section
 from pipelines.stages.common import StageReport
@@ -203,15 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. nvs_eval.n_samples=4")
     a = ap.parse_args(argv)
+    from training.train import apply_overrides
     params = load_params(a.params)
-    for item in a.set:
-        key, _, value = item.partition("=")
-        node: dict[str, Any] = {}
-        cur = node
-        for k in key.split(".")[:-1]:
-            cur = cur.setdefault(k, {})
-        cur[key.split(".")[-1]] = yaml.safe_load(value)
-        params = deep_merge(params, node)
+    params = apply_overrides(params, a.set)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     rep = run_nvs_reports(Path(a.out).parent, params, model=a.model, manifest=a.manifest, out_dir=a.out,
                           profile=a.profile, device=a.device)

@@ -128,7 +128,7 @@ def plots(results: Sequence[ProtocolResult]) -> dict[str, bytes]:
     return out
 
 
-def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
+def csv_bytes(rows: list[dict[str, Any]]) -> bytes:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     w.writeheader()
@@ -212,7 +212,7 @@ def write_report(results: Sequence[ProtocolResult], out_dir: str | Path, *, head
     for r in results:
         for name, rows in r.rows.items():
             if rows:
-                paths[f"plots/{name}.csv"] = write_bytes_atomic(out / "plots" / f"{name}.csv", _csv_bytes(rows))
+                paths[f"plots/{name}.csv"] = write_bytes_atomic(out / "plots" / f"{name}.csv", csv_bytes(rows))
     flat = flat_metrics(results)
     paths["metrics.json"] = write_json_atomic(out / "metrics.json", flat)
     prov = {"header": header, "notes": list(notes),

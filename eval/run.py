@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import yaml
 
 from eval import extractors as X
 from eval import metrics as M
 from eval import protocols as P
 from eval.report import write_report
-from pipelines.config import deep_merge, load_params, stable_hash
+from pipelines.config import load_params, stable_hash
 from pipelines.models import RANDOM_OK_PROFILES, RANDOM_WEIGHTS, pick_device
 from pipelines.params_schema import EVAL_PROTOCOLS, effective_section
 from pipelines.stages.common import StageReport
@@ -238,17 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a parameter, e.g. eval.num_samples=500 (YAML value)")
     a = ap.parse_args(argv)
+    from training.train import apply_overrides
     from pipelines.config import data_root
     params = load_params(a.params)
-    for item in a.set:
-        key, _, value = item.partition("=")
-        node: dict[str, Any] = {}
-        cur = node
-        parts = key.split(".")
-        for k in parts[:-1]:
-            cur = cur.setdefault(k, {})
-        cur[parts[-1]] = yaml.safe_load(value)
-        params = deep_merge(params, node)
+    params = apply_overrides(params, a.set)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     rep = run_eval_reports(a.root or data_root(), params, models_dir=a.models_dir, manifest=a.manifest,
                            out_dir=a.out, profile=a.profile, device=a.device)
